@@ -1,0 +1,189 @@
+"""Artifact I/O shared by every stage: atomic writes, CAM/CRF score maps, label PNGs.
+
+Artifact formats (no pickle anywhere; every ``np.load`` uses ``allow_pickle=False``):
+
+* **CAM file** ``<id>.npz`` (stage 1 ``cam/``): ``keys`` int64 (K,) — the *foreground* class
+  indices 0..C-1 of the present classes, ascending; ``cams`` float32 (K, H, W) in [0, 1].
+  An image with no foreground label has K = 0 (``cams`` shape (0, H, W)).
+* **CRF file** ``<id>.npz`` (stage 1 ``crf/alpha_*``): ``keys`` int64 (K+1,) — 0 for background
+  then k+1 for each present foreground class k; ``probs`` float32 (K+1, H, W), the dense-CRF
+  probability of each channel.
+* **Label PNG** ``<id>.png``: 8-bit palette PNG (VOC palette), pixel value = class id
+  (0 background, k+1 foreground class k, 255 void).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary file name next to ``path``; rename it onto ``path`` only on success.
+
+    A crash or exception leaves no half-written artifact under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    # mkstemp creates 0600 files; give the artifact the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _save_npz(path, **arrays) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def _load_npz(path, names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [n for n in names if n not in z.files]
+            if missing:
+                raise ValueError(f"{path}: missing arrays {missing} (has {z.files})")
+            return tuple(z[n] for n in names)
+    except (OSError, ValueError, EOFError) as e:
+        if isinstance(e, ValueError) and str(path) in str(e):
+            raise
+        raise ValueError(f"{path}: not a readable .npz artifact ({e})") from e
+
+
+def voc_palette() -> np.ndarray:
+    """The 256x3 PASCAL VOC colour map (bit-interleaved), uint8."""
+    pal = np.zeros((256, 3), np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal
+
+
+_PALETTE = voc_palette().reshape(-1).tolist()
+
+
+def save_cam(path, keys, cams) -> None:
+    """Save a stage-1 CAM artifact. ``keys`` (K,) foreground ids, ``cams`` (K, H, W) in [0, 1]."""
+    keys = np.asarray(keys, np.int64).reshape(-1)
+    cams = np.asarray(cams, np.float32)
+    if cams.ndim != 3 or cams.shape[0] != keys.shape[0]:
+        raise ValueError(f"{path}: cams shape {cams.shape} does not match {keys.shape[0]} keys")
+    _save_npz(path, keys=keys, cams=cams)
+
+
+def load_cam(path) -> tuple[np.ndarray, np.ndarray]:
+    """Load a CAM artifact: (keys (K,) int64, cams (K, H, W) float32)."""
+    keys, cams = _load_npz(path, ("keys", "cams"))
+    if cams.ndim != 3 or cams.shape[0] != keys.shape[0]:
+        raise ValueError(f"{path}: cams shape {cams.shape} does not match {keys.shape[0]} keys")
+    return keys.astype(np.int64), cams.astype(np.float32, copy=False)
+
+
+def save_crf(path, keys, probs) -> None:
+    """Save a CRF artifact. ``keys`` (K+1,) with 0 = background, k+1 = class k; ``probs`` (K+1, H, W)."""
+    keys = np.asarray(keys, np.int64).reshape(-1)
+    probs = np.asarray(probs, np.float32)
+    if probs.ndim != 3 or probs.shape[0] != keys.shape[0]:
+        raise ValueError(f"{path}: probs shape {probs.shape} does not match {keys.shape[0]} keys")
+    _save_npz(path, keys=keys, probs=probs)
+
+
+def load_crf(path) -> tuple[np.ndarray, np.ndarray]:
+    """Load a CRF artifact: (keys (K+1,) int64 with 0 = background, probs (K+1, H, W) float32)."""
+    keys, probs = _load_npz(path, ("keys", "probs"))
+    if probs.ndim != 3 or probs.shape[0] != keys.shape[0]:
+        raise ValueError(f"{path}: probs shape {probs.shape} does not match {keys.shape[0]} keys")
+    return keys.astype(np.int64), probs.astype(np.float32, copy=False)
+
+
+def cam_to_label(keys, cams, bg_threshold: float | None = None, shape=None) -> np.ndarray:
+    """Label map (H, W) uint8 from a CAM artifact.
+
+    Background score = ``bg_threshold`` if given, else ``1 - sum_k cams_k`` (SPEC section 7);
+    label = argmax over [bg, cams], mapped to class ids (0 background, k+1 class k).
+    An artifact with no class gives all background (``shape`` needed only when K = 0 and the
+    stored array has no spatial size).
+    """
+    keys = np.asarray(keys, np.int64)
+    if cams.shape[0] == 0:
+        h, w = cams.shape[1:] if shape is None else shape
+        return np.zeros((h, w), np.uint8)
+    bg = np.full(cams.shape[1:], bg_threshold, np.float32) if bg_threshold is not None \
+        else 1.0 - cams.sum(0)
+    scores = np.concatenate([bg[None], cams], 0)
+    idx = scores.argmax(0)
+    lut = np.concatenate([[0], keys + 1]).astype(np.uint8)
+    return lut[idx]
+
+
+def crf_to_label(keys, probs) -> np.ndarray:
+    """Label map (H, W) uint8 = class id of the argmax channel of a CRF artifact."""
+    return np.asarray(keys, np.int64).astype(np.uint8)[probs.argmax(0)]
+
+
+def save_label_png(path, label: np.ndarray) -> None:
+    """Save an (H, W) class-id map as an 8-bit VOC-palette PNG, atomically."""
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"{path}: label must be 2-D, got shape {label.shape}")
+    img = Image.fromarray(label.astype(np.uint8), mode="P")
+    img.putpalette(_PALETTE)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def load_label_png(path) -> np.ndarray:
+    """Read a label PNG as (H, W) uint8 class ids (palette indices, not colours)."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L"):
+                raise ValueError(f"{path}: label PNG must be palette or grayscale, got mode {img.mode}")
+            return np.asarray(img, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read label PNG ({e})") from e
+
+
+def read_list(path) -> list[str]:
+    """Image ids of a list file: first whitespace token of each non-empty line, extension stripped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image list {path} does not exist")
+    ids = []
+    for line in path.read_text().splitlines():
+        tok = line.strip().split()
+        if tok:
+            ids.append(Path(tok[0]).stem)
+    return ids
+
+
+def save_cls_labels(path, ids, labels, class_names) -> None:
+    """Image-level labels as npz: ``ids`` (N,) str, ``labels`` (N, C) uint8 multi-hot, ``class_names`` (C,)."""
+    labels = np.asarray(labels, np.uint8)
+    _save_npz(path, ids=np.asarray(ids, dtype=str), labels=labels,
+              class_names=np.asarray(class_names, dtype=str))
+
+
+def load_cls_labels(path) -> dict[str, np.ndarray]:
+    """Load image-level labels: dict id -> (C,) float32 multi-hot (foreground only)."""
+    ids, labels = _load_npz(path, ("ids", "labels"))
+    return {str(i): l.astype(np.float32) for i, l in zip(ids, labels)}

@@ -1,0 +1,39 @@
+"""Losses of the three ICAM stages (SPEC sections 3, 5, 6)."""
+from lib.losses.affinity import affinity_loss
+from lib.losses.classification import (
+    classification_loss,
+    gap_loss,
+    hfpl_importance_sampling_loss,
+    importance_sampling_loss,
+    max_pool_loss,
+    probs_to_logits,
+    revised_cam_loss,
+    softmax_maxpool,
+    with_background,
+)
+from lib.losses.feature_similarity import (
+    default_window_radius,
+    feature_similarity_loss,
+    feature_similarity_loss_dense,
+    feature_similarity_loss_windowed,
+)
+from lib.losses.seam import equivariant_cross_regularization_loss, equivariant_regularization_loss
+
+__all__ = [
+    "affinity_loss",
+    "classification_loss",
+    "default_window_radius",
+    "equivariant_cross_regularization_loss",
+    "equivariant_regularization_loss",
+    "feature_similarity_loss",
+    "feature_similarity_loss_dense",
+    "feature_similarity_loss_windowed",
+    "gap_loss",
+    "hfpl_importance_sampling_loss",
+    "importance_sampling_loss",
+    "max_pool_loss",
+    "probs_to_logits",
+    "revised_cam_loss",
+    "softmax_maxpool",
+    "with_background",
+]

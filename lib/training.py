@@ -1,0 +1,187 @@
+"""Training-loop plumbing shared by the three stages (data loading, DDP, AMP, logging, checkpoints).
+
+Each stage script keeps its own loss and model; everything here is stage-agnostic:
+
+* ``make_loader``   — DistributedSampler when world > 1, per-process batch = global / world.
+* ``wrap_ddp``      — DistributedDataParallel when world > 1 (never DataParallel).
+* ``autocast``      — bf16 autocast on CUDA when ``--amp``; a no-op on the CPU.
+* ``iterate_steps`` — yields (step, batch) over epochs until ``max_step`` (resumable).
+* ``TrainLogger``   — tqdm bar with img/s on rank 0 and TensorBoard scalars.
+* ``save_weights`` / ``save_train_state`` / ``load_train_state`` — atomic, pickle-free checkpoints.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from lib import dist
+from lib.io import atomic_path
+
+
+def add_common_train_args(p: argparse.ArgumentParser) -> None:
+    """Flags every training stage shares (our additions to the original's flags)."""
+    p.add_argument("--backbone_width", type=float, default=1.0,
+                   help="channel multiplier of ResNet-38 (1.0 = the paper; 0.125 for CPU demos)")
+    p.add_argument("--max_steps", type=int, default=None,
+                   help="stop after this many optimiser steps (default: epochs x steps per epoch)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored on the CPU)")
+    p.add_argument("--resume", default=None, help="training-state file (<session>.state.pth) to resume")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--save_every", type=int, default=0,
+                   help="also save the training state every N steps (0: only at the end)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+
+
+def make_loader(dataset, global_batch: int, rank: int, world: int, seed: int, num_workers: int,
+                shuffle: bool = True, drop_last: bool = True):
+    """DataLoader of per-process batches; returns (loader, sampler or None)."""
+    per_proc = dist.per_process_batch(global_batch, world)
+    if len(dataset) < global_batch and drop_last:
+        raise SystemExit(f"dataset has {len(dataset)} images, fewer than --batch_size {global_batch}")
+    sampler = None
+    if world > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle,
+                                     seed=seed, drop_last=drop_last)
+    g = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=per_proc, shuffle=shuffle and sampler is None,
+                        sampler=sampler, num_workers=num_workers, drop_last=drop_last,
+                        pin_memory=torch.cuda.is_available(), generator=g,
+                        persistent_workers=num_workers > 0)
+    return loader, sampler
+
+
+def steps_per_epoch(num_images: int, global_batch: int) -> int:
+    """The original's ``max_step = (N_train // batch) * epochs`` uses this per-epoch count."""
+    return max(1, num_images // global_batch)
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, world: int,
+             find_unused: bool = False) -> torch.nn.Module:
+    model = model.to(device)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused)
+    return model
+
+
+def autocast(enabled: bool, device: torch.device):
+    """bf16 autocast on CUDA when enabled; fp32 everywhere else (CPU bf16 is slower here)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def iterate_steps(loader, sampler, max_step: int, start_step: int = 0):
+    """Yield (step, batch) for step in [start_step, max_step), cycling epochs.
+
+    A resumed run skips the batches of the epoch already consumed, so the schedule position
+    (learning rate, epoch count) matches an uninterrupted run.
+    """
+    n = len(loader)
+    if n == 0:
+        raise SystemExit("the data loader yields no batch (dataset smaller than the batch?)")
+    step = start_step
+    epoch = start_step // n
+    skip = start_step % n
+    while step < max_step:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        for i, batch in enumerate(loader):
+            if skip:
+                if i < skip:
+                    continue
+                skip = 0
+            yield step, batch
+            step += 1
+            if step >= max_step:
+                return
+        epoch += 1
+
+
+class TrainLogger:
+    """tqdm bar (rank 0) with images/s and the running losses, plus TensorBoard scalars."""
+
+    def __init__(self, tb_dir: str | None, max_step: int, start_step: int, global_batch: int,
+                 desc: str):
+        from tqdm import tqdm
+
+        self.main = dist.is_main()
+        self.global_batch = global_batch
+        self.writer = None
+        if self.main and tb_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(tb_dir)
+        self.bar = tqdm(total=max_step, initial=start_step, desc=desc, disable=not self.main,
+                        dynamic_ncols=True)
+        self.t0 = time.time()
+        self.start_step = start_step
+        self.avg: dict[str, float] = {}
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        for k, v in scalars.items():
+            self.avg[k] = v if k not in self.avg else 0.9 * self.avg[k] + 0.1 * v
+        if not self.main:
+            return
+        done = step + 1 - self.start_step
+        ips = done * self.global_batch / max(1e-9, time.time() - self.t0)
+        if self.writer is not None:
+            for k, v in scalars.items():
+                self.writer.add_scalar(f"train/{k}", v, step)
+            self.writer.add_scalar("train/images_per_s", ips, step)
+        shown = [k for k in ("total", "loss", "cls") if k in self.avg][:1] or list(self.avg)[:1]
+        self.bar.set_postfix({"img/s": f"{ips:.1f}", **{k: f"{self.avg[k]:.3f}" for k in shown}})
+        self.bar.update(1)
+
+    def images_per_second(self, step: int) -> float:
+        return (step + 1 - self.start_step) * self.global_batch / max(1e-9, time.time() - self.t0)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def save_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Final weights: a plain state_dict without ``module.`` prefix (loads with weights_only)."""
+    with atomic_path(path) as tmp:
+        torch.save(dist.unwrap(model).state_dict(), tmp)
+
+
+def save_train_state(path: str | Path, model, optimizer, step: int, args: argparse.Namespace) -> None:
+    """Everything ``--resume`` needs; only tensors and plain containers (weights_only-loadable)."""
+    state = {"model": dist.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+             "step": int(step), "args": json.dumps(vars(args), default=str)}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_train_state(path: str | Path, model, optimizer) -> int:
+    """Restore model and optimiser from a training-state file; returns the step to continue at."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"--resume: {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise SystemExit(f"--resume: {path} is not a training-state file ({e})") from e
+    if not isinstance(state, dict) or not {"model", "optimizer", "step"} <= set(state):
+        raise SystemExit(f"--resume: {path} lacks model/optimizer/step entries")
+    dist.unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+def write_run_config(path: str | Path, args: argparse.Namespace, extra: dict | None = None) -> None:
+    """Record the effective configuration next to the checkpoint (JSON)."""
+    cfg = {**vars(args), **(extra or {})}
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(cfg, indent=2, default=str))

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Full ICAM pipeline on COCO (2014 by default; COCO_YEAR=2017 for 2017). Prepare data first:
+#   bash config_coco.sh           # -> data/coco with label PNGs, lists and cls_labels_<split>.npz
+#   NPROC=8 bash run_all_coco.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+COCO_YEAR=${COCO_YEAR:-2014}
+export DATASET=coco
+export DATA_ROOT=${DATA_ROOT:-data/coco}
+export EXPDIR=${EXPDIR:-exp/coco${COCO_YEAR}}
+export TRAIN_SPLIT=${TRAIN_SPLIT:-train${COCO_YEAR}} EVAL_TRAIN_SPLIT=${EVAL_TRAIN_SPLIT:-train${COCO_YEAR}}
+export VAL_SPLIT=${VAL_SPLIT:-val${COCO_YEAR}}
+export SEG_CONFIG=${SEG_CONFIG:-coco/config_coco${COCO_YEAR}.py}
+source tools/pipeline.sh

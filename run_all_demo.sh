@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The whole ICAM pipeline on the procedurally generated VOC-format dataset, on the CPU, in minutes.
+# `make demo` runs this inside .venv. Sizes are tuned for a 2-core laptop; override by env vars:
+#   DEMO_NUM_TRAIN, DEMO_NUM_VAL, DEMO_SIZE (image side), DEMO_WIDTH (ResNet-38 width multiplier),
+#   DEMO_CAM_STEPS, DEMO_AFF_STEPS, DEMO_SEG_STEPS, EXPDIR, NPROC, STAGES.
+set -euo pipefail
+cd "$(dirname "$0")"
+export PYTHON=${PYTHON:-python}
+export EXPDIR=${EXPDIR:-demo_exp}
+export DATASET=voc
+export DATA_ROOT=${DATA_ROOT:-$EXPDIR/data/synthetic}
+export TRAIN_SPLIT=train EVAL_TRAIN_SPLIT=train VAL_SPLIT=val
+export WEIGHTS=none   # no ImageNet weights on a laptop: every network starts from scratch
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+
+N_TRAIN=${DEMO_NUM_TRAIN:-400}
+N_VAL=${DEMO_NUM_VAL:-100}
+SIZE=${DEMO_SIZE:-96}
+WIDTH=${DEMO_WIDTH:-0.125}
+CAM_STEPS=${DEMO_CAM_STEPS:-300}
+AFF_STEPS=${DEMO_AFF_STEPS:-150}
+SEG_STEPS=${DEMO_SEG_STEPS:-300}
+BATCH=${DEMO_BATCH:-8}
+CROP=$SIZE
+
+mkdir -p "$EXPDIR/logs"
+if [ ! -e "$DATA_ROOT/cls_labels.npz" ]; then
+  echo "[data] synthetic VOC-format dataset: $N_TRAIN train / $N_VAL val images at ${SIZE}px -> $DATA_ROOT"
+  "$PYTHON" -m tools.make_synthetic_voc --out "$DATA_ROOT" --num_train "$N_TRAIN" --num_val "$N_VAL" \
+    --size "$SIZE" --seed 0 > "$EXPDIR/logs/make_synthetic_voc.log" 2>&1
+  "$PYTHON" -m tools.make_cls_labels --voc_root "$DATA_ROOT" > "$EXPDIR/logs/make_cls_labels.log" 2>&1
+fi
+
+COMMON="--backbone_width $WIDTH --batch_size $BATCH --num_workers 1 --device cpu"
+export CAM_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 3 / 2)) --max_steps $CAM_STEPS ${DEMO_CAM_TRAIN_ARGS:-}"
+export CAM_INFER_ARGS="--backbone_width $WIDTH --num_workers 1 --crf_workers 2 --device cpu ${DEMO_CAM_INFER_ARGS:-}"
+export AFF_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 3 / 2)) --max_steps $AFF_STEPS ${DEMO_AFF_TRAIN_ARGS:-}"
+export AFF_INFER_ARGS="--backbone_width $WIDTH --device cpu ${DEMO_AFF_INFER_ARGS:-}"
+export SEG_CONFIG=voc/config_voc2012.py
+export SEG_TRAIN_ARGS="--set BACKBONE_WIDTH=$WIDTH --set CROP=$CROP --set BATCH=$BATCH --set WORKERS=1 --max_steps $SEG_STEPS --device cpu ${DEMO_SEG_TRAIN_ARGS:-}"
+export SEG_INFER_ARGS="--set BACKBONE_WIDTH=$WIDTH --workers 2 --device cpu ${DEMO_SEG_INFER_ARGS:-}"
+source tools/pipeline.sh

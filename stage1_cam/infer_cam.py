@@ -1,0 +1,146 @@
+"""Stage 1 — multi-scale + flip CAM inference and dense-CRF probability maps (SPEC section 4).
+
+For each image: 4 scales x {original, flip} passes of ``0.5 * cam + 0.5 * cam_rv``, each
+label-conditioned (multiply by [1, y], renormalise over channels), foreground channels upsampled
+to the image and un-flipped; the mean M (C,H,W) keeps only the maximal class per pixel and each
+class map is divided by its maximum. Saves ``<out_cam>/<id>.npz`` (lib.io CAM format) and, for
+each alpha, the CRF of [(1 - max_k M_k)^alpha, M_present] as ``<out_crf>/alpha_<a>/<id>.npz``.
+
+Usage: python -m stage1_cam.infer_cam --weights cam.pth --infer_list val --voc12_root DIR \
+         --out_cam EXP/plabels/val/cam --out_crf EXP/plabels/val/crf
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lib import dist
+from lib.crf import crf_from_cam
+from lib.datasets import MultiScaleInferenceDataset, resolve_list
+from lib.io import load_cls_labels, save_cam, save_crf
+from lib.models import build_model
+from lib.weights import load_checkpoint
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", required=True, help="trained CAM network (.pth state_dict)")
+    p.add_argument("--infer_list", default="val", help="split name or list file")
+    p.add_argument("--voc12_root", "--data_root", dest="voc12_root", required=True)
+    p.add_argument("--dataset", default="voc", choices=["voc", "coco"])
+    p.add_argument("--cls_labels", default=None)
+    p.add_argument("--out_cam", required=True, help="folder of CAM .npz artifacts")
+    p.add_argument("--out_crf", default=None, help="folder for crf/alpha_<a>/ (omit to skip the CRF)")
+    p.add_argument("--crf_alphas", type=float, nargs="+", default=[2.0, 4.0])
+    p.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
+    p.add_argument("--no_flip", action="store_true")
+    p.add_argument("--backbone_width", type=float, default=1.0)
+    p.add_argument("--num_workers", type=int, default=2, help="data-loading workers")
+    p.add_argument("--crf_workers", type=int, default=2, help="processes running the dense CRF")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=0)
+    return p.parse_args(argv)
+
+
+@torch.no_grad()
+def multiscale_cam(model, images: list[torch.Tensor], label: torch.Tensor, size: tuple[int, int],
+                   flip: bool) -> torch.Tensor:
+    """Mean over passes of the label-conditioned foreground probabilities, (C, H, W).
+
+    images: per scale a (2 or 1, 3, h, w) batch (original, h-flipped); label: (C,) multi-hot.
+    """
+    cond = torch.cat([label.new_ones(1), label]).view(1, -1, 1, 1)
+    acc, n = None, 0
+    for x in images:
+        cam, cam_rv = model.forward_cam(x)
+        p = (0.5 * cam + 0.5 * cam_rv) * cond
+        p = p / p.sum(1, keepdim=True).clamp_min(1e-8)
+        p = F.interpolate(p[:, 1:], size=size, mode="bilinear", align_corners=False)
+        if flip and p.shape[0] == 2:
+            p = torch.stack([p[0], p[1].flip(-1)])
+        acc = p.sum(0) if acc is None else acc + p.sum(0)
+        n += p.shape[0]
+    return acc / n
+
+
+def normalise_cams(mean_cam: torch.Tensor, label: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the per-pixel maximal class, divide each class map by its max; present classes only.
+
+    Returns (keys (K,) foreground ids, cams (K,H,W) float32 in [0, 1]).
+    """
+    winner = mean_cam.argmax(0, keepdim=True)
+    m = torch.zeros_like(mean_cam).scatter_(0, winner, mean_cam.gather(0, winner))
+    m = m / (m.flatten(1).max(1).values.view(-1, 1, 1) + 1e-5)
+    keys = torch.nonzero(label > 0).flatten()
+    return keys.cpu().numpy(), m[keys].cpu().numpy().astype(np.float32)
+
+
+def _crf_job(job) -> None:
+    image, keys, cams, targets = job
+    for alpha, path in targets:
+        crf_keys, probs = crf_from_cam(image, keys, cams, alpha)
+        save_crf(path, crf_keys, probs)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rank, world, device = dist.setup_distributed(args.device)
+    layout, all_ids = resolve_list(args.dataset, args.voc12_root, args.infer_list)
+    cls_labels = load_cls_labels(args.cls_labels or layout.cls_labels_path())
+    out_cam = Path(args.out_cam)
+    crf_dirs = {a: Path(args.out_crf) / f"alpha_{a:.1f}" for a in args.crf_alphas} if args.out_crf else {}
+
+    def outputs(i):
+        return [out_cam / f"{i}.npz", *[d / f"{i}.npz" for d in crf_dirs.values()]]
+
+    ids = dist.shard(all_ids, rank, world)
+    todo = [i for i in ids if args.overwrite or not all(p.exists() for p in outputs(i))]
+    if dist.is_main():
+        print(f"infer_cam: {len(ids) - len(todo)} of {len(ids)} images already done"
+              + (" (rank 0)" if world > 1 else ""))
+    if todo:
+        model = build_model("cam", num_classes=layout.num_classes, width=args.backbone_width)
+        model.load_state_dict(load_checkpoint(args.weights), strict=True)
+        model.to(device).eval()
+        dataset = MultiScaleInferenceDataset(layout, cls_labels, scales=tuple(args.scales),
+                                             flip=not args.no_flip, ids=todo)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=args.num_workers)
+        pool = mp.get_context("spawn").Pool(args.crf_workers) if crf_dirs and args.crf_workers > 0 else None
+        pending = []
+        for item in tqdm(loader, total=len(dataset), desc="infer_cam", disable=not dist.is_main()):
+            image = item["image_uint8"]
+            image = image.numpy() if torch.is_tensor(image) else image
+            label = torch.as_tensor(item["label"], dtype=torch.float32, device=device)
+            mean_cam = multiscale_cam(model, [x.to(device) for x in item["images"]], label,
+                                      image.shape[:2], flip=not args.no_flip)
+            keys, cams = normalise_cams(mean_cam, label)
+            save_cam(out_cam / f"{item['id']}.npz", keys, cams)
+            if crf_dirs:
+                job = (np.ascontiguousarray(image), keys, cams,
+                       [(a, d / f"{item['id']}.npz") for a, d in crf_dirs.items()])
+                if pool is None:
+                    _crf_job(job)
+                else:
+                    pending.append(pool.apply_async(_crf_job, (job,)))
+                    if len(pending) > 4 * args.crf_workers:  # bound memory held by queued jobs
+                        pending.pop(0).get()
+        for r in pending:
+            r.get()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    dist.barrier()
+    dist.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Stage 1 — train the ICAM classification network (SEAM + importance sampling + FSL).
+
+Per step (SPEC section 3): view 1 = the random crop x1, view 2 = bilinear 0.3x downscale of x1.
+
+    L = (1-w)(GAP1 + GAP2) + w(IS1 + IS2) + (RV1 + RV2)      classification, w = --loss_weight
+      + ER + ECR                                              SEAM equivariance terms
+      + 0.5 * L_fs(x1, cam1)                                  feature similarity loss (--fsl)
+
+Usage: python -m stage1_cam.train_cam --voc12_root DIR --session_name EXP/ckpts/cam [...]
+Runs as one CPU process, one GPU, or ``torchrun --nproc_per_node K -m stage1_cam.train_cam``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lib import dist
+from lib.datasets import ClassificationDataset, resolve_list
+from lib.datasets.transforms import denormalize
+from lib.io import load_cls_labels
+from lib.losses.classification import classification_loss
+from lib.losses.feature_similarity import feature_similarity_loss
+from lib.losses.seam import (equivariant_cross_regularization_loss,
+                             equivariant_regularization_loss)
+from lib.models import build_model
+from lib.optim import PolyOptimizer
+from lib.training import (TrainLogger, add_common_train_args, autocast, iterate_steps,
+                          load_train_state, make_loader, save_train_state, save_weights,
+                          steps_per_epoch, wrap_ddp, write_run_config)
+from lib.weights import load_imagenet_weights
+
+VIEW2_SCALE = 0.3  # SEAM's second view: the crop downscaled by 0.3
+FSL_WEIGHT = 0.5
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # The original's flags, names and defaults.
+    p.add_argument("--batch_size", type=int, default=8, help="global batch over all processes")
+    p.add_argument("--max_epoches", "--epochs", dest="max_epoches", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--num_workers", type=int, default=8)
+    p.add_argument("--wt_dec", "--weight_decay", dest="wt_dec", type=float, default=5e-4)
+    p.add_argument("--momentum", type=float, default=None,
+                   help="SGD momentum; default reproduces the original's quirk (momentum = wt_dec)")
+    p.add_argument("--train_list", default="train_aug", help="split name or list file")
+    p.add_argument("--session_name", default="cam", help="checkpoint path without .pth")
+    p.add_argument("--crop_size", type=int, default=448)
+    p.add_argument("--resize_long", type=int, nargs=2, default=(448, 768),
+                   help="RandomResizeLong range of the long side")
+    p.add_argument("--weights", default=None,
+                   help="ImageNet weights (.params or .pth); 'none' trains from scratch")
+    p.add_argument("--voc12_root", "--data_root", dest="voc12_root", required=True)
+    p.add_argument("--dataset", default="voc", choices=["voc", "coco"])
+    p.add_argument("--cls_labels", default=None, help="image-level labels npz (default: the layout's)")
+    p.add_argument("--tblog_dir", default=None, help="TensorBoard dir (default <session_name>_tb)")
+    # ICAM's flags.
+    p.add_argument("--loss_weight", type=float, default=0.8,
+                   help="w: (1-w) GAP + w importance sampling (0 = GAP only, 1 = IS only)")
+    p.add_argument("--num_samples", type=int, default=100, help="importance samples per class")
+    p.add_argument("--pooling", default="avg", choices=["avg", "max"], help="GAP-branch pooling")
+    p.add_argument("--rv_pooling", default="max", choices=["avg", "max"], help="revised-CAM pooling")
+    p.add_argument("--sampling", default="icam", choices=["icam", "hfpl"],
+                   help="importance sampling variant (hfpl = binomial/sigmoid extension)")
+    p.add_argument("--fsl", action=argparse.BooleanOptionalAction, default=True,
+                   help="feature similarity loss on view 1")
+    p.add_argument("--fsl_mu", type=float, default=2.5)
+    p.add_argument("--fsl_sigma", type=float, default=5.0)
+    p.add_argument("--fsl_mode", default="windowed", choices=["windowed", "dense"],
+                   help="windowed = exact within ceil(4 sigma), O(HW*window) memory; dense = original")
+    p.add_argument("--no_color_jitter", action="store_true")
+    p.add_argument("--frozen_bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="the original's regime: BatchNorms in eval mode and conv1a/b2* frozen; "
+                        "--no-frozen_bn trains BN statistics and the stem (from-scratch demos)")
+    add_common_train_args(p)
+    return p.parse_args(argv)
+
+
+def stage1_loss(model, img1, label, args, generator=None):
+    """Total stage-1 loss for a batch of crops (N,3,S,S) with foreground labels (N,C)."""
+    img2 = F.interpolate(img1, scale_factor=VIEW2_SCALE, mode="bilinear", align_corners=True)
+    out1 = model(img1)
+    out2 = model(img2)
+    cls, parts = classification_loss(out1, out2, label, loss_weight=args.loss_weight,
+                                     num_samples=args.num_samples, pooling=args.pooling,
+                                     rv_pooling=args.rv_pooling, sampling=args.sampling,
+                                     generator=generator)
+    er = equivariant_regularization_loss(out1.cam, out1.cam_rv, out2.cam, out2.cam_rv)
+    ecr = equivariant_cross_regularization_loss(out1.cam, out1.cam_rv, out2.cam, out2.cam_rv)
+    total = cls + er + ecr
+    parts = {**{k: float(v.detach()) for k, v in parts.items()},
+             "er": float(er.detach()), "ecr": float(ecr.detach())}
+    if args.fsl:
+        # FSL compares colours at the CAM resolution: the de-normalised crop resized to it.
+        image01 = F.interpolate(denormalize(img1), size=out1.cam.shape[-2:], mode="bilinear",
+                                align_corners=False).clamp(0, 1)
+        fsl = feature_similarity_loss(image01, out1.cam.float(), mu=args.fsl_mu,
+                                      sigma=args.fsl_sigma, mode=args.fsl_mode)
+        total = total + FSL_WEIGHT * fsl
+        parts["fsl"] = float(fsl.detach())
+    parts["total"] = float(total.detach())
+    return total, parts
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rank, world, device = dist.setup_distributed(args.device)
+    dist.seed_everything(args.seed, rank)
+
+    layout, train_ids = resolve_list(args.dataset, args.voc12_root, args.train_list)
+    cls_labels = load_cls_labels(args.cls_labels or layout.cls_labels_path())
+    dataset = ClassificationDataset(layout, cls_labels, crop=args.crop_size,
+                                    resize_long=tuple(args.resize_long),
+                                    color_jitter=not args.no_color_jitter, ids=train_ids)
+    loader, sampler = make_loader(dataset, args.batch_size, rank, world, args.seed, args.num_workers)
+
+    model = build_model("cam", num_classes=layout.num_classes, width=args.backbone_width,
+                        freeze=args.frozen_bn)
+    if args.weights and args.weights.lower() != "none":
+        load_imagenet_weights(model, args.weights)
+    elif dist.is_main():
+        print("train_cam: no --weights given, training from random initialisation")
+    max_step = args.max_steps or steps_per_epoch(len(dataset), args.batch_size) * args.max_epoches
+    optimizer = PolyOptimizer(model.param_groups(), lr=args.lr, weight_decay=args.wt_dec,
+                              max_step=max_step, momentum=args.momentum)
+    model = wrap_ddp(model, device, world)
+    start = load_train_state(args.resume, model, optimizer) if args.resume else 0
+
+    session = Path(args.session_name)
+    if dist.is_main():
+        write_run_config(session.with_suffix(".config.json"), args,
+                         {"world_size": world, "max_step": max_step, "num_images": len(dataset)})
+    logger = TrainLogger(args.tblog_dir or f"{session}_tb", max_step, start, args.batch_size,
+                         desc="train_cam")
+    sample_gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + rank)
+    model.train()
+    step = start
+    for step, batch in iterate_steps(loader, sampler, max_step, start):
+        img = batch["image"].to(device, non_blocking=True)
+        label = batch["label"].to(device, non_blocking=True)
+        with autocast(args.amp, device):
+            loss, parts = stage1_loss(model, img, label, args, generator=sample_gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        logger.log(step, {**parts, "lr": optimizer.param_groups[0]["lr"]})
+        if args.save_every and (step + 1) % args.save_every == 0 and dist.is_main():
+            save_train_state(f"{session}.state.pth", model, optimizer, step + 1, args)
+    logger.close()
+    if dist.is_main():
+        save_weights(model, f"{session}.pth")
+        save_train_state(f"{session}.state.pth", model, optimizer, max_step, args)
+        print(f"train_cam: saved {session}.pth ({max_step} steps, "
+              f"{logger.images_per_second(step):.1f} img/s)")
+    dist.cleanup()
+
+
+if __name__ == "__main__":
+    main()

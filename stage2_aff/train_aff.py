@@ -1,0 +1,137 @@
+r"""Stage 2 — train AffinityNet on the la/ha CRF maps of stage 1 (SPEC section 5, after PSA).
+
+Per step: a batch of crops (N,3,S,S) with pixel labels (N,S/8,S/8) from
+:class:`lib.datasets.affinity_dataset.AffinityDataset` (0 bg, k+1 class k, 255 void);
+pair labels of the radius-5 neighbour pairs (``lib.affinity.extract_pair_labels``):
+
+    bg  = both ends background,  fg = same foreground class (both valid),
+    neg = different labels (both valid)
+    a   = AffinityNet(x)  (N, P),  a = exp(-mean_c |f_from - f_to|)
+    L   = L_bg/4 + L_fg/4 + L_neg/2,   L_bg = sum(-bg log(a+1e-5)) / (sum(bg)+1e-5),
+          L_fg likewise, L_neg = sum(-neg log(1+1e-5-a)) / (sum(neg)+1e-5)
+
+SGD (PolyOptimizer, lr x1/x2 backbone weights/biases, x10/x20 new layers f8_3, f8_4, f8_5, f9),
+max_step = (N_images // batch) * max_epoches.
+
+Usage: python -m stage2_aff.train_aff --voc12_root DIR --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params \
+         --la_crf_dir EXP/plabels/train/crf/alpha_2.0 --ha_crf_dir EXP/plabels/train/crf/alpha_4.0 \
+         --session_name EXP/ckpts/aff
+Runs as one CPU process, one GPU, or ``torchrun --nproc_per_node K -m stage2_aff.train_aff``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from lib import dist
+from lib.affinity import extract_pair_labels
+from lib.datasets import AffinityDataset, resolve_list
+from lib.losses.affinity import affinity_loss
+from lib.models import build_model
+from lib.optim import PolyOptimizer
+from lib.training import (TrainLogger, add_common_train_args, autocast, iterate_steps,
+                          load_train_state, make_loader, save_train_state, save_weights,
+                          steps_per_epoch, wrap_ddp, write_run_config)
+from lib.weights import load_imagenet_weights
+
+RADIUS = 5  # PSA's pair radius at stride 8
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # The original's flags, names and defaults.
+    p.add_argument("--batch_size", type=int, default=8, help="global batch over all processes")
+    p.add_argument("--max_epoches", "--epochs", dest="max_epoches", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--num_workers", type=int, default=8)
+    p.add_argument("--wt_dec", "--weight_decay", dest="wt_dec", type=float, default=5e-4)
+    p.add_argument("--momentum", type=float, default=None,
+                   help="SGD momentum; default reproduces the original's quirk (momentum = wt_dec)")
+    p.add_argument("--train_list", default="train_aug", help="split name or list file")
+    p.add_argument("--session_name", default="aff", help="checkpoint path without .pth")
+    p.add_argument("--crop_size", type=int, default=448, help="square crop, a multiple of 8")
+    p.add_argument("--weights", default=None,
+                   help="ImageNet weights (.params or .pth); 'none' trains from scratch (demos)")
+    p.add_argument("--voc12_root", "--data_root", dest="voc12_root", required=True)
+    p.add_argument("--dataset", default="voc", choices=["voc", "coco"])
+    p.add_argument("--la_crf_dir", required=True, help="CRF maps of alpha 2 (crf/alpha_2.0)")
+    p.add_argument("--ha_crf_dir", required=True, help="CRF maps of alpha 4 (crf/alpha_4.0)")
+    p.add_argument("--tblog_dir", default=None, help="TensorBoard dir (default <session_name>_tb)")
+    # Our additions (defaults = the original behaviour).
+    p.add_argument("--resize_long", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="joint RandomResizeLong of image and CRF maps before the crop "
+                        "(the original has none)")
+    p.add_argument("--no_color_jitter", action="store_true")
+    p.add_argument("--frozen_bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="the original's regime: BatchNorms in eval mode and conv1a/b2* frozen; "
+                        "--no-frozen_bn trains BN statistics and the stem (from-scratch demos)")
+    add_common_train_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.crop_size % 8:
+        raise SystemExit(f"--crop_size {args.crop_size} must be a multiple of 8 (stride of the features)")
+    rank, world, device = dist.setup_distributed(args.device)
+    dist.seed_everything(args.seed, rank)
+
+    layout, ids = resolve_list(args.dataset, args.voc12_root, args.train_list)
+    dataset = AffinityDataset(layout, ids, args.la_crf_dir, args.ha_crf_dir, crop=args.crop_size,
+                              resize_long=tuple(args.resize_long) if args.resize_long else None,
+                              radius=RADIUS, color_jitter=not args.no_color_jitter)
+    dataset.check_files()
+    loader, sampler = make_loader(dataset, args.batch_size, rank, world, args.seed, args.num_workers)
+
+    model = build_model("aff", width=args.backbone_width, freeze=args.frozen_bn)
+    if args.weights and args.weights.lower() != "none":
+        load_imagenet_weights(model, args.weights)
+    elif dist.is_main():
+        print("train_aff: no --weights given, training from random initialisation")
+    max_step = args.max_steps or steps_per_epoch(len(dataset), args.batch_size) * args.max_epoches
+    optimizer = PolyOptimizer(model.param_groups(), lr=args.lr, weight_decay=args.wt_dec,
+                              max_step=max_step, momentum=args.momentum)
+    model = wrap_ddp(model, device, world)
+    start = load_train_state(args.resume, model, optimizer) if args.resume else 0
+
+    session = Path(args.session_name)
+    if dist.is_main():
+        write_run_config(session.with_suffix(".config.json"), args,
+                         {"world_size": world, "max_step": max_step, "num_images": len(dataset)})
+    logger = TrainLogger(args.tblog_dir or f"{session}_tb", max_step, start, args.batch_size,
+                         desc="train_aff")
+    model.train()  # the network keeps its BatchNorm frozen (eval mode) itself
+    step = start
+    for step, batch in iterate_steps(loader, sampler, max_step, start):
+        img = batch["image"].to(device, non_blocking=True)
+        label = batch["label"].to(device, non_blocking=True)
+        bg, fg, neg = extract_pair_labels(label, RADIUS)
+        with autocast(args.amp, device):
+            aff = model(img)
+        if aff.shape != bg.shape:
+            raise RuntimeError(f"train_aff: network gives affinities {tuple(aff.shape)} but the "
+                               f"{tuple(label.shape[-2:])} label map has {tuple(bg.shape)} pairs")
+        loss, parts = affinity_loss(aff.float(), bg, fg, neg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        logger.log(step, {"loss": float(loss), **{f"{k}_loss": float(v) for k, v in parts.items()},
+                          "bg_cnt": float(bg.sum()), "fg_cnt": float(fg.sum()),
+                          "neg_cnt": float(neg.sum()), "lr": optimizer.param_groups[0]["lr"]})
+        if args.save_every and (step + 1) % args.save_every == 0 and dist.is_main():
+            save_train_state(f"{session}.state.pth", model, optimizer, step + 1, args)
+    logger.close()
+    if dist.is_main():
+        save_weights(model, f"{session}.pth")
+        save_train_state(f"{session}.state.pth", model, optimizer, max_step, args)
+        print(f"train_aff: saved {session}.pth ({max_step} steps, "
+              f"{logger.images_per_second(step):.1f} img/s)")
+    dist.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""Stage 3 — multi-scale + flip inference of the DeepLab-v1 net, optional dense CRF (SPEC section 6).
+
+For an image I (H, W), scales S (TEST_SCALES) and flips F = {id, mirror} (TEST_FLIP):
+
+    P = 1 / (|S| |F|) * sum_{s in S} sum_{f in F}  f^-1( up_{H,W}( softmax(net(f(resize_s(I)))) ) )
+    label = argmax_k  CRF(I, P)_k    (or argmax_k P_k with --no-crf)
+
+resize_s: bicubic to (round(H s), round(W s)) (the cv2 bicubic of the training rescale);
+up_{H,W}: bilinear, align_corners=True (the network's own upsampling convention). The CRF is
+``lib.crf.dense_crf`` (the stage-1 pairwise settings) and runs in a pool of ``--workers`` CPU
+processes while the main process runs the network; labels are saved as palette PNGs.
+
+Usage::
+
+    python -m stage3_seg.infer_seg --config voc/config_voc2012.py --weights EXP/ckpts/final.pth \\
+        --split val --out_dir EXP/results/val [--no-crf] [--scales 1.0] [--no-flip] \\
+        [--workers 4] [--overwrite] [--eval [--out_json F]]
+    torchrun --nproc_per_node 4 -m stage3_seg.infer_seg ...     # images sharded over ranks
+
+Without ``--config`` the run config recorded by train_seg next to the weights
+(``<weights minus .pth>.config.json``) is used; with it, the architecture keys NUM_CLASSES and
+BACKBONE_WIDTH still come from that run config unless given on the command line. Finished
+outputs are skipped unless --overwrite.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import multiprocessing
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lib import dist
+from lib.config import add_config_args, coerce_value, config_from_args, load_config
+from lib.io import read_list, save_label_png
+
+
+def _logits_of(out) -> torch.Tensor:
+    """The logits of a model output: SegOutput / tuple -> first entry, tensor -> itself."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def multiscale_flip_probs(model: nn.Module, image: torch.Tensor, scales: Sequence[float],
+                          flip: bool = True) -> torch.Tensor:
+    """Average class probabilities over scales and horizontal flips.
+
+    image (1, 3, H, W) normalised -> (K, H, W) float32, K = C + 1:
+
+        P = mean_{s, f} f^-1( up_{H,W}( softmax_k( logits(f(resize_s(image))) ) ) )
+
+    ``model(x)`` returns logits (N, K, h, w) at x's size (or a tuple whose first entry is that).
+    The image and its mirror go through the network as one batch of two (the net is in eval
+    mode, so the two samples do not interact).
+    """
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError(f"image must be (1, 3, H, W), got {tuple(image.shape)}")
+    if not scales:
+        raise ValueError("at least one test scale is needed")
+    h, w = image.shape[-2:]
+    total = None
+    count = 0
+    for s in scales:
+        if s <= 0:
+            raise ValueError(f"test scale must be positive, got {s}")
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        x = image if size == (h, w) else F.interpolate(image, size=size, mode="bicubic",
+                                                       align_corners=False)
+        batch = torch.cat([x, x.flip(-1)], 0) if flip else x
+        prob = torch.softmax(_logits_of(model(batch)).float(), dim=1)
+        if prob.shape[-2:] != (h, w):
+            prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=True)
+        if flip:
+            prob = torch.stack([prob[0], prob[1].flip(-1)], 0)
+        part = prob.sum(0)
+        total = part if total is None else total + part
+        count += prob.shape[0]
+    return total / count
+
+
+def probs_to_label(probs: np.ndarray, image_uint8: np.ndarray | None = None,
+                   use_crf: bool = False) -> np.ndarray:
+    """Label map (H, W) uint8 = argmax_k of P (K, H, W), or of dense_crf(image, P) with ``use_crf``."""
+    probs = np.asarray(probs, np.float32)
+    if use_crf:
+        from lib.crf import dense_crf
+
+        if image_uint8 is None:
+            raise ValueError("the CRF needs the uint8 image")
+        probs = dense_crf(image_uint8, probs)
+    return probs.argmax(0).astype(np.uint8)
+
+
+def _finish(out_path: str, probs: np.ndarray, image_uint8: np.ndarray, use_crf: bool) -> str:
+    """Worker task: post-process one image and write its PNG (atomically)."""
+    save_label_png(out_path, probs_to_label(probs, image_uint8, use_crf))
+    return out_path
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def load_image(path: Path) -> tuple[np.ndarray, torch.Tensor]:
+    """(H, W, 3) uint8 RGB and its normalised (1, 3, H, W) float32 tensor."""
+    from PIL import Image
+
+    from lib.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            rgb = np.array(im.convert("RGB"))  # writable: pydensecrf rejects read-only buffers
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read image ({e})") from e
+    x = (rgb.astype(np.float32) / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) \
+        / np.asarray(IMAGENET_STD, np.float32)
+    return rgb, torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", required=True, help="trained DeepLab checkpoint (<session>.pth)")
+    p.add_argument("--split", default=None, help="split of the layout (default: config VAL_SPLIT)")
+    p.add_argument("--list", default=None, help="image list file (ids); default: the split's list")
+    p.add_argument("--out_dir", required=True, help="folder of <id>.png label maps")
+    p.add_argument("--no-crf", "--no_crf", dest="crf", action="store_false", default=None,
+                   help="skip the dense CRF (config TEST_CRF)")
+    p.add_argument("--crf", dest="crf", action="store_true", help="force the dense CRF on")
+    p.add_argument("--scales", type=float, nargs="+", default=None,
+                   help="test scales (config TEST_SCALES)")
+    p.add_argument("--no-flip", "--no_flip", dest="flip", action="store_false", default=None,
+                   help="no horizontal-flip pass (config TEST_FLIP)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="CPU processes for the CRF and PNG writing (0: in the main process)")
+    p.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
+    p.add_argument("--eval", action="store_true",
+                   help="then evaluate the split's predictions against its ground truth")
+    p.add_argument("--out_json", default=None, help="with --eval: write the result dict here")
+    p.add_argument("--eval_workers", type=int, default=None, help="evaluation processes")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    add_config_args(p, flags=["data_root", "backbone_width"], config_required=False)
+    return p.parse_args(argv)
+
+
+ARCH_KEYS = ("NUM_CLASSES", "BACKBONE_WIDTH")
+
+
+def recorded_config_path(weights: str) -> Path:
+    """``<weights minus .pth>.config.json``: the run config train_seg writes next to a checkpoint."""
+    return Path(str(Path(weights).with_suffix("")) + ".config.json")
+
+
+def resolve_config(args: argparse.Namespace) -> dict:
+    """Effective inference config.
+
+    Base: --config, else the run config recorded next to --weights. Then shorthand flags and
+    --set, then --scales / --no-flip / --no-crf. The architecture keys (NUM_CLASSES,
+    BACKBONE_WIDTH) follow the recorded run config when it exists and they were not set on the
+    command line, so a checkpoint trained with overrides loads without repeating them.
+    """
+    recorded = recorded_config_path(args.weights)
+    if args.config:
+        base = load_config(args.config)
+    elif recorded.is_file():
+        base = load_config(recorded)
+    else:
+        raise FileNotFoundError(f"no --config given and no run config {recorded} next to the weights")
+    explicit = {s.split("=", 1)[0].strip() for s in args.config_set}
+    if args.backbone_width is not None:
+        explicit.add("BACKBONE_WIDTH")
+    if args.config and recorded.is_file():
+        trained = load_config(recorded)
+        for key in ARCH_KEYS:
+            if key not in explicit and trained[key] != base[key]:
+                print(f"infer_seg: {key}={trained[key]} from {recorded} (config file says "
+                      f"{base[key]})", file=sys.stderr)
+                base[key] = trained[key]
+    cfg = config_from_args(args, base)
+    if args.scales is not None:
+        cfg["TEST_SCALES"] = coerce_value("TEST_SCALES", args.scales)
+    if args.flip is not None:
+        cfg["TEST_FLIP"] = args.flip
+    if args.crf is not None:
+        cfg["TEST_CRF"] = args.crf
+    return cfg
+
+
+def load_model(cfg: dict, weights: str, device: torch.device) -> nn.Module:
+    from lib.models import build_model
+    from lib.weights import load_checkpoint
+
+    model = build_model("deeplabv1", num_classes=cfg["NUM_CLASSES"] - 1, width=cfg["BACKBONE_WIDTH"])
+    state = load_checkpoint(weights)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{weights}: does not fit DeepLab-v1 with NUM_CLASSES={cfg['NUM_CLASSES']}, "
+                         f"BACKBONE_WIDTH={cfg['BACKBONE_WIDTH']} ({str(e)[:500]})") from None
+    return model.to(device).eval()
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"infer_seg: {e}") from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rank, world, device = dist.setup_distributed(args.device)
+
+    from lib.datasets import get_layout
+    from lib.training import autocast
+
+    split = args.split or cfg["VAL_SPLIT"]
+    try:
+        layout = get_layout(cfg["DATASET"], cfg["DATA_ROOT"], split)
+        ids = read_list(args.list) if args.list else layout.ids()
+        model = load_model(cfg, args.weights, device)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"infer_seg: {e}") from None
+    if not ids:
+        raise SystemExit("infer_seg: the image list is empty")
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mine = dist.shard(ids, rank, world)
+    todo = mine if args.overwrite else [i for i in mine if not (out_dir / f"{i}.png").is_file()]
+    if dist.is_main():
+        print(f"infer_seg: {len(ids)} images, {len(mine) - len(todo)} of this rank's {len(mine)} "
+              f"already done; scales {cfg['TEST_SCALES']}, flip {cfg['TEST_FLIP']}, "
+              f"CRF {cfg['TEST_CRF']}, {world} process(es)", file=sys.stderr)
+
+    from tqdm import tqdm
+
+    pool = None
+    if args.workers > 0 and todo:
+        # spawn: forked children of a process running torch/OpenMP threads can deadlock.
+        pool = multiprocessing.get_context("spawn").Pool(args.workers, initializer=_init_worker)
+    pending: collections.deque = collections.deque()
+    try:
+        for image_id in tqdm(todo, desc="infer_seg", disable=not dist.is_main(), dynamic_ncols=True):
+            try:
+                rgb, x = load_image(layout.image_path(image_id))
+            except (ValueError, FileNotFoundError) as e:
+                raise SystemExit(f"infer_seg: {e}") from None
+            with autocast(args.amp, device):
+                probs = multiscale_flip_probs(model, x.to(device), cfg["TEST_SCALES"],
+                                              cfg["TEST_FLIP"])
+            job = (str(out_dir / f"{image_id}.png"), probs.float().cpu().numpy(), rgb,
+                   cfg["TEST_CRF"])
+            if pool is None:
+                _finish(*job)
+                continue
+            pending.append(pool.apply_async(_finish, job))
+            # Bound the probability maps waiting in the queue (each is K x H x W floats).
+            while len(pending) > 2 * args.workers:
+                pending.popleft().get()
+        while pending:
+            pending.popleft().get()
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    dist.barrier()
+
+    if args.eval and dist.is_main():
+        from lib.evaluation import evaluate_dir, format_results, save_results_json
+
+        gt_dir = layout.gt_path(ids[0]).parent
+        try:
+            res = evaluate_dir(out_dir, gt_dir, ids, cfg["NUM_CLASSES"] - 1, pred_type="png",
+                               workers=args.eval_workers, class_names=list(layout.class_names))
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(f"infer_seg: evaluation failed: {e}") from None
+        print(format_results(res, title=f"DeepLab-v1 {split} ({out_dir})"))
+        if args.out_json:
+            save_results_json(res, args.out_json)
+    dist.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Stage 3 — train DeepLab-v1 (ResNet-38) on pseudo labels (SPEC section 6).
+
+Per iteration, for a batch of crops x (N, 3, S, S) with pseudo labels y (N, S, S) (255 = void):
+
+    logits, cam = net(x)                 logits (N, C+1, S, S) upsampled, cam (N, C+1, h, w)
+    L = CE(logits, y; ignore 255)  +  FSL_WEIGHT * L_fs(x01, cam; FSL_MU, FSL_SIGMA)
+
+where x01 is the de-normalised crop bilinearly resized to the cam's (h, w) (stride 8) and L_fs
+is ``lib.losses.feature_similarity.feature_similarity_loss``. SGD (momentum 0.9, wd 5e-4) over
+the Conv2d parameters only, four groups with lr x1 / x2 / x10 / x20 (backbone weights, backbone
+biases, new-layer weights conv_fov/conv_fov2/cls_conv, new biases), the learning rate
+updated every iteration (lr_t = LR (1 - t/(ITERATIONS+1))^0.9, SEAM's
+segmentation codebase). Every BatchNorm trains its running statistics with momentum BN_MOMENTUM.
+
+Usage::
+
+    python -m stage3_seg.train_seg --config voc/config_voc2012.py \\
+        --pseudo_gt EXP/plabels/train/rw --session_name EXP/ckpts/final [--set KEY=VALUE ...]
+    torchrun --nproc_per_node 4 -m stage3_seg.train_seg ...   # global BATCH split over processes
+
+Writes ``<session_name>.pth`` (plain state_dict), ``<session_name>.state.pth`` (for --resume),
+``<session_name>.config.json`` (effective config + arguments) and TensorBoard logs in
+``<session_name>_tb`` (scalars every iteration, prediction overlays every --image_every steps).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lib import dist
+from lib.config import add_config_args, config_from_args
+from lib.training import (TrainLogger, add_common_train_args, autocast, iterate_steps,
+                          load_train_state, make_loader, save_train_state, save_weights,
+                          wrap_ddp, write_run_config)
+
+IGNORE_INDEX = 255
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pseudo_gt", required=True,
+                   help="folder of <id>.png pseudo labels (stage 2 random-walk output)")
+    p.add_argument("--session_name", required=True, help="checkpoint path without .pth")
+    p.add_argument("--train_list", default=None,
+                   help="split name of the dataset layout, or a list file of ids "
+                        "(default: config TRAIN_SPLIT)")
+    p.add_argument("--no-fsl", "--no_fsl", dest="fsl", action="store_false",
+                   help="train with cross entropy only (same as --set FSL_WEIGHT=0)")
+    p.add_argument("--fsl_mode", default="windowed", choices=["windowed", "dense"],
+                   help="feature similarity loss implementation (windowed = exact within 5 sigma)")
+    p.add_argument("--tblog_dir", default=None, help="TensorBoard dir (default <session_name>_tb)")
+    p.add_argument("--image_every", type=int, default=500,
+                   help="log a prediction overlay to TensorBoard every N steps (0: never)")
+    p.add_argument("--sync_bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="SyncBatchNorm across GPUs under torchrun (the original's SyncBN); CUDA only")
+    add_common_train_args(p)
+    add_config_args(p)
+    return p.parse_args(argv)
+
+
+def seg_loss(model: nn.Module, image: torch.Tensor, label: torch.Tensor, fsl_weight: float,
+             mu: float, sigma: float, fsl_mode: str = "windowed"):
+    """CE(logits, label; ignore 255) + fsl_weight * L_fs(image01 at the cam size, cam).
+
+    image (N, 3, S, S) normalised, label (N, S, S) int64. Returns (total, parts dict, logits).
+    """
+    from lib.datasets.transforms import denormalize
+    from lib.losses.feature_similarity import feature_similarity_loss
+
+    logits, cam = model(image)
+    ce = F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX)
+    total = ce
+    parts = {"ce": float(ce.detach())}
+    if fsl_weight:
+        # The FSL compares colours at the prediction's resolution: the de-normalised crop is
+        # resized to the stride-8 cam, not the cam upsampled to the crop.
+        image01 = F.interpolate(denormalize(image.float()), size=cam.shape[-2:], mode="bilinear",
+                                align_corners=False).clamp(0, 1)
+        fsl = feature_similarity_loss(image01, cam.float(), mu=mu, sigma=sigma, mode=fsl_mode)
+        total = total + fsl_weight * fsl
+        parts["fsl"] = float(fsl.detach())
+    parts["total"] = float(total.detach())
+    return total, parts, logits
+
+
+def overlay_panel(image: torch.Tensor, logits: torch.Tensor, label: torch.Tensor) -> np.ndarray:
+    """(H, 2W, 3) uint8 for TensorBoard: [prediction overlay | pseudo-label overlay] of one crop."""
+    from lib.datasets.transforms import denormalize
+    from tools.visualize import hstack_pad, overlay_label
+
+    img = (denormalize(image.detach().float().cpu()) * 255).round().byte().permute(1, 2, 0).numpy()
+    pred = logits.detach().argmax(0).cpu().numpy().astype(np.uint8)
+    lab = label.detach().cpu().numpy().astype(np.uint8)
+    return hstack_pad([overlay_label(img, pred), overlay_label(img, lab)])
+
+
+def resolve_imagenet_weights(args: argparse.Namespace, cfg: dict) -> str | None:
+    """ImageNet weights to load, or None for random init.
+
+    An explicit ``--weights FILE`` must exist; ``--weights none`` (or IMAGENET_WEIGHTS None) is
+    random init; the config's default path falls back to random init with a warning when the
+    file is absent (CPU demos have no ImageNet weights).
+    """
+    path = cfg["IMAGENET_WEIGHTS"]
+    if path is None:
+        return None
+    explicit = args.weights is not None or any(s.split("=", 1)[0].strip() == "IMAGENET_WEIGHTS"
+                                                for s in args.config_set)
+    if Path(path).is_file():
+        return path
+    if explicit:
+        raise SystemExit(f"train_seg: ImageNet weights {path} do not exist")
+    if dist.is_main():
+        print(f"train_seg: WARNING: ImageNet weights {path} (config IMAGENET_WEIGHTS) not found; "
+              f"training from RANDOM initialisation (pass --weights none to silence this)",
+              file=sys.stderr)
+    return None
+
+
+def build_dataset(cfg: dict, args: argparse.Namespace, rank: int):
+    """SegmentationDataset over the pseudo labels with the config's augmentation.
+
+    ``--train_list`` is a split name of the layout, or a list file (ids) read with the
+    layout of the config's TRAIN_SPLIT.
+    """
+    from lib.datasets import SegmentationDataset, get_layout
+    from lib.datasets.transforms import RandomHorizontalFlip
+    from lib.io import read_list
+
+    ids = None
+    split = args.train_list or cfg["TRAIN_SPLIT"]
+    if args.train_list and ("/" in args.train_list or args.train_list.endswith(".txt")):
+        ids = read_list(args.train_list)
+        split = cfg["TRAIN_SPLIT"]
+    layout = get_layout(cfg["DATASET"], cfg["DATA_ROOT"], split)
+    if layout.num_classes + 1 != cfg["NUM_CLASSES"]:
+        raise SystemExit(f"train_seg: config NUM_CLASSES={cfg['NUM_CLASSES']} but the dataset at "
+                         f"{cfg['DATA_ROOT']} has {layout.num_classes} classes + background; "
+                         f"pass --set NUM_CLASSES={layout.num_classes + 1}")
+    if not Path(args.pseudo_gt).is_dir():
+        raise SystemExit(f"train_seg: --pseudo_gt {args.pseudo_gt} is not a directory")
+    # seed=None: augmentation draws come from torch's RNG (seeded by seed_everything, and per
+    # loader worker by the DataLoader), so they differ between epochs; a fixed dataset seed
+    # would repeat the same crops every epoch unless set_epoch reached the worker copies.
+    ds = SegmentationDataset(layout, label_dir=args.pseudo_gt, crop=cfg["CROP"],
+                             scale=cfg["RANDOM_SCALE"], flip=cfg["FLIP"] > 0, hsv=cfg["HSV"],
+                             train=True, seed=None, ids=ids)
+    if 0 < cfg["FLIP"] != 0.5:
+        ds.flip = RandomHorizontalFlip(cfg["FLIP"])  # the dataset's default flip is p = 0.5
+    missing = [i for i in ds.ids if not ds.label_path(i).is_file()]
+    if missing:
+        raise SystemExit(f"train_seg: {len(missing)} of {len(ds.ids)} pseudo labels missing in "
+                         f"{args.pseudo_gt}, e.g. {ds.label_path(missing[0])}")
+    return ds
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"train_seg: {e}") from None
+    if not args.fsl:
+        cfg["FSL_WEIGHT"] = 0.0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rank, world, device = dist.setup_distributed(args.device)
+    dist.seed_everything(args.seed, rank)
+    if world != cfg["GPUS"] and dist.is_main():
+        print(f"train_seg: running {world} process(es) while config GPUS={cfg['GPUS']}; the global "
+              f"batch {cfg['BATCH']} is split over the processes, so the effective batch is "
+              f"unchanged", file=sys.stderr)
+
+    from lib.models import build_model
+    from lib.optim import PolyOptimizer
+    from lib.weights import load_imagenet_weights
+
+    try:
+        dataset = build_dataset(cfg, args, rank)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"train_seg: {e}") from None
+    loader, sampler = make_loader(dataset, cfg["BATCH"], rank, world, args.seed, cfg["WORKERS"])
+
+    model = build_model("deeplabv1", num_classes=cfg["NUM_CLASSES"] - 1,
+                        width=cfg["BACKBONE_WIDTH"], bn_momentum=cfg["BN_MOMENTUM"])
+    weights = resolve_imagenet_weights(args, cfg)
+    if weights is not None:
+        try:
+            load_imagenet_weights(model, weights)
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(f"train_seg: {e}") from None
+    elif dist.is_main():
+        print("train_seg: random initialisation (no ImageNet weights)", file=sys.stderr)
+    if world > 1 and device.type == "cuda" and args.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    max_step = cfg["ITERATIONS"]
+    # SEAM's segmentation schedule: lr_t = LR (1 - t / (ITERATIONS + 1))^POWER, t = 0..ITERATIONS-1.
+    optimizer = PolyOptimizer(model.param_groups(), lr=cfg["LR"], weight_decay=cfg["WEIGHT_DECAY"],
+                              max_step=max_step + 1, momentum=cfg["MOMENTUM"], power=cfg["POWER"])
+    model = wrap_ddp(model, device, world)
+    start = load_train_state(args.resume, model, optimizer) if args.resume else 0
+
+    session = Path(args.session_name)
+    if dist.is_main():
+        write_run_config(f"{session}.config.json", args,
+                         {"config": cfg, "world_size": world, "max_step": max_step,
+                          "num_images": len(dataset), "imagenet_weights_loaded": weights})
+    logger = TrainLogger(args.tblog_dir or f"{session}_tb", max_step, start, cfg["BATCH"],
+                         desc="train_seg")
+    model.train()
+    step = start
+    for step, batch in iterate_steps(loader, sampler, max_step, start):
+        img = batch["image"].to(device, non_blocking=True)
+        label = batch["label"].to(device, non_blocking=True).long()
+        with autocast(args.amp, device):
+            loss, parts, logits = seg_loss(model, img, label, cfg["FSL_WEIGHT"], cfg["FSL_MU"],
+                                           cfg["FSL_SIGMA"], args.fsl_mode)
+        if not torch.isfinite(loss):
+            raise SystemExit(f"train_seg: non-finite loss {parts} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        logger.log(step, {**parts, "lr": optimizer.param_groups[0]["lr"]})
+        if logger.writer is not None and args.image_every and step % args.image_every == 0:
+            logger.writer.add_image("train/pred_vs_pseudo_label",
+                                    overlay_panel(img[0], logits[0], label[0]), step,
+                                    dataformats="HWC")
+        if args.save_every and (step + 1) % args.save_every == 0 and dist.is_main():
+            save_train_state(f"{session}.state.pth", model, optimizer, step + 1, args)
+    logger.close()
+    if dist.is_main():
+        save_weights(model, f"{session}.pth")
+        save_train_state(f"{session}.state.pth", model, optimizer, max_step, args)
+        print(f"train_seg: saved {session}.pth ({max_step} steps, "
+              f"{logger.images_per_second(step):.1f} img/s)", file=sys.stderr)
+    dist.barrier()
+    dist.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Gather the pipeline's evaluation JSONs into ``$EXPDIR/results.json`` and print the table.
+
+results.json: {"cam": {"miou", "contour_f", "train": {...}}, "crf": ..., "rw": ..., "final": ...,
+"wall_time_s": {"stage1", "stage2", "stage3", "total"}}; metric values are fractions in [0, 1]
+on the val split (the train-split figures sit under "train"), null where a step did not run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lib.io import atomic_path
+
+ROWS = [("cam", "CAM (stage 1)"), ("crf", "CRF alpha 4 (stage 1)"),
+        ("rw", "random walk (stage 2)"), ("final", "DeepLab-v1 (stage 3)")]
+
+
+def collect(expdir: Path, val_split: str = "val", train_split: str = "train") -> dict:
+    def metrics(name: str) -> dict | None:
+        f = expdir / "eval" / f"{name}.json"
+        if not f.is_file():
+            return None
+        d = json.loads(f.read_text())
+        return {"miou": d["miou"], "contour_f": d["contour_f"], "num_images": d["num_images"]}
+
+    out: dict = {}
+    for key, _ in ROWS:
+        val = metrics(f"{key}_{val_split}") or {"miou": None, "contour_f": None}
+        out[key] = {**val, "train": metrics(f"{key}_{train_split}")}
+    times: dict[str, float] = {}
+    for f in sorted((expdir / ".timing").glob("*.*")):
+        stage = f"stage{f.name.split('.', 1)[0]}"
+        times[stage] = times.get(stage, 0.0) + float(f.read_text().strip() or 0)
+    times["total"] = sum(times.values())
+    out["wall_time_s"] = times
+    return out
+
+
+def format_table(res: dict) -> str:
+    def pct(v):
+        return "   -  " if v is None else f"{100 * v:6.2f}"
+
+    lines = [f"{'artifact':<24} {'val mIoU':>9} {'val F':>8} {'train mIoU':>11} {'train F':>8}",
+             "-" * 64]
+    for key, title in ROWS:
+        r = res[key]
+        t = r.get("train") or {}
+        lines.append(f"{title:<24} {pct(r['miou']):>9} {pct(r['contour_f']):>8} "
+                     f"{pct(t.get('miou')):>11} {pct(t.get('contour_f')):>8}")
+    lines.append("-" * 64)
+    lines.append("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in res["wall_time_s"].items()))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--expdir", required=True)
+    p.add_argument("--val_split", default="val")
+    p.add_argument("--train_split", default="train")
+    args = p.parse_args(argv)
+    expdir = Path(args.expdir)
+    res = collect(expdir, args.val_split, args.train_split)
+    with atomic_path(expdir / "results.json") as tmp:
+        Path(tmp).write_text(json.dumps(res, indent=2))
+    print("\nICAM results (mIoU and contour F-score in %)")
+    print(format_table(res))
+    print(f"written {expdir / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

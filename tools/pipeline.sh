@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The ICAM pipeline in the original order; sourced by run_all_{voc,coco,demo}.sh, which set the
+# dataset-specific variables first. Every step is skipped when its marker exists (a rerun resumes),
+# logs to $EXPDIR/logs/<step>.log, and the run ends with the results table and results.json.
+#
+# Environment (defaults in brackets):
+#   EXPDIR [exp/<dataset>]   where checkpoints, pseudo-labels, results and logs go
+#   DATA_ROOT                dataset root (VOC layout, or the COCO root)
+#   DATASET [voc]            voc | coco
+#   NPROC [1]                processes per node; 1 = plain python, >1 = torchrun (DDP)
+#   STAGES ["1 2 3"]         which stages to run, e.g. STAGES="2 3" resumes from stage-1 artifacts
+#   PYTHON [python]          interpreter
+#   TRAIN_SPLIT [train_aug]  training / pseudo-label split; EVAL_TRAIN_SPLIT [train] has GT
+#   VAL_SPLIT [val]
+#   CAM_TRAIN_ARGS, CAM_INFER_ARGS, AFF_TRAIN_ARGS, AFF_INFER_ARGS, SEG_TRAIN_ARGS, SEG_INFER_ARGS
+#                            extra flags appended to each stage's command
+#   SEG_CONFIG [voc/config_voc2012.py]   stage-3 config file
+#   WEIGHTS                  ImageNet ResNet-38 weights (.params or .pth); 'none' = from scratch
+set -euo pipefail
+
+DATASET=${DATASET:-voc}
+EXPDIR=${EXPDIR:-exp/${DATASET}}
+NPROC=${NPROC:-1}
+STAGES=${STAGES:-"1 2 3"}
+PYTHON=${PYTHON:-python}
+TRAIN_SPLIT=${TRAIN_SPLIT:-train_aug}
+EVAL_TRAIN_SPLIT=${EVAL_TRAIN_SPLIT:-train}
+VAL_SPLIT=${VAL_SPLIT:-val}
+SEG_CONFIG=${SEG_CONFIG:-voc/config_voc2012.py}
+WEIGHTS=${WEIGHTS:-pretrained/ilsvrc-cls_rna-a1_cls1000_ep-0001.params}
+: "${DATA_ROOT:?set DATA_ROOT to the dataset root}"
+read -r -a CAM_TRAIN_EXTRA <<< "${CAM_TRAIN_ARGS:-}"
+read -r -a CAM_INFER_EXTRA <<< "${CAM_INFER_ARGS:-}"
+read -r -a AFF_TRAIN_EXTRA <<< "${AFF_TRAIN_ARGS:-}"
+read -r -a AFF_INFER_EXTRA <<< "${AFF_INFER_ARGS:-}"
+read -r -a SEG_TRAIN_EXTRA <<< "${SEG_TRAIN_ARGS:-}"
+read -r -a SEG_INFER_EXTRA <<< "${SEG_INFER_ARGS:-}"
+
+mkdir -p "$EXPDIR"/{logs,ckpts,eval,.done,.timing}
+DATA=(--dataset "$DATASET" --voc12_root "$DATA_ROOT")
+NUM_CLASSES=$("$PYTHON" -c "from lib.datasets import get_layout; print(get_layout('$DATASET', '$DATA_ROOT', '$VAL_SPLIT').num_classes)")
+
+# launch MODULE ARGS...: torchrun for NPROC > 1 (multi-node: run this script under srun and set
+# TORCHRUN_ARGS, e.g. "--nnodes 2 --rdzv_backend c10d --rdzv_endpoint host:29500").
+launch() {
+  local module=$1; shift
+  if [ "$NPROC" -gt 1 ]; then
+    # shellcheck disable=SC2086
+    "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" ${TORCHRUN_ARGS:-} -m "$module" "$@"
+  else
+    "$PYTHON" -m "$module" "$@"
+  fi
+}
+
+# step NAME STAGE COMMAND...: run once; skip when $EXPDIR/.done/NAME exists.
+step() {
+  local name=$1 stage=$2; shift 2
+  if [ -e "$EXPDIR/.done/$name" ]; then
+    echo "[skip] $name (done; remove $EXPDIR/.done/$name to redo)"
+    return 0
+  fi
+  echo "[run ] $name  (log: $EXPDIR/logs/$name.log)"
+  local t0=$SECONDS
+  if ! "$@" > "$EXPDIR/logs/$name.log" 2>&1; then
+    echo "[FAIL] $name — last lines of $EXPDIR/logs/$name.log:" >&2
+    tail -n 30 "$EXPDIR/logs/$name.log" >&2
+    exit 1
+  fi
+  echo $((SECONDS - t0)) > "$EXPDIR/.timing/$stage.$name"
+  touch "$EXPDIR/.done/$name"
+}
+
+evaluate() {  # evaluate NAME PRED_DIR TYPE SPLIT
+  local list
+  list=$("$PYTHON" -c "from lib.datasets import get_layout; print(get_layout('$DATASET', '$DATA_ROOT', '$4').list_path())")
+  local gt
+  gt=$("$PYTHON" -c "from lib.datasets import get_layout; l = get_layout('$DATASET', '$DATA_ROOT', '$4'); import os; print(os.path.dirname(l.gt_path(l.ids()[0])))")
+  "$PYTHON" -m tools.evaluate --pred_dir "$2" --gt_dir "$gt" --list "$list" \
+    --num_classes "$NUM_CLASSES" --type "$3" --workers "${EVAL_WORKERS:-2}" \
+    --title "$1" --out_json "$EXPDIR/eval/$1.json"
+}
+
+P=$EXPDIR/plabels
+if [[ " $STAGES " == *" 1 "* ]]; then
+  step train_cam 1 launch stage1_cam.train_cam "${DATA[@]}" --train_list "$TRAIN_SPLIT" \
+    --session_name "$EXPDIR/ckpts/cam" --weights "$WEIGHTS" "${CAM_TRAIN_EXTRA[@]}"
+  for split in "$VAL_SPLIT" "$TRAIN_SPLIT"; do
+    step "infer_cam_$split" 1 launch stage1_cam.infer_cam "${DATA[@]}" --infer_list "$split" \
+      --weights "$EXPDIR/ckpts/cam.pth" --out_cam "$P/$split/cam" --out_crf "$P/$split/crf" \
+      "${CAM_INFER_EXTRA[@]}"
+  done
+  for split in "$VAL_SPLIT" "$EVAL_TRAIN_SPLIT"; do
+    src=$VAL_SPLIT; [ "$split" = "$VAL_SPLIT" ] || src=$TRAIN_SPLIT
+    step "eval_cam_$split" 1 evaluate "cam_$split" "$P/$src/cam" cam "$split"
+    step "eval_crf_$split" 1 evaluate "crf_$split" "$P/$src/crf/alpha_4.0" crf "$split"
+  done
+fi
+
+if [[ " $STAGES " == *" 2 "* ]]; then
+  step train_aff 2 launch stage2_aff.train_aff "${DATA[@]}" --train_list "$TRAIN_SPLIT" \
+    --session_name "$EXPDIR/ckpts/aff" --weights "$WEIGHTS" \
+    --la_crf_dir "$P/$TRAIN_SPLIT/crf/alpha_2.0" --ha_crf_dir "$P/$TRAIN_SPLIT/crf/alpha_4.0" \
+    "${AFF_TRAIN_EXTRA[@]}"
+  for split in "$VAL_SPLIT" "$TRAIN_SPLIT"; do
+    step "infer_aff_$split" 2 launch stage2_aff.infer_aff "${DATA[@]}" --infer_list "$split" \
+      --weights "$EXPDIR/ckpts/aff.pth" --cam_dir "$P/$split/cam" --out_rw "$P/$split/rw" \
+      "${AFF_INFER_EXTRA[@]}"
+  done
+  for split in "$VAL_SPLIT" "$EVAL_TRAIN_SPLIT"; do
+    src=$VAL_SPLIT; [ "$split" = "$VAL_SPLIT" ] || src=$TRAIN_SPLIT
+    step "eval_rw_$split" 2 evaluate "rw_$split" "$P/$src/rw" png "$split"
+  done
+fi
+
+if [[ " $STAGES " == *" 3 "* ]]; then
+  step train_seg 3 launch stage3_seg.train_seg --config "$SEG_CONFIG" --data_root "$DATA_ROOT" \
+    --pseudo_gt "$P/$TRAIN_SPLIT/rw" --session_name "$EXPDIR/ckpts/final" --weights "$WEIGHTS" \
+    --set NUM_CLASSES=$((NUM_CLASSES + 1)) \
+    "${SEG_TRAIN_EXTRA[@]}"
+  for split in "$VAL_SPLIT" "$EVAL_TRAIN_SPLIT"; do
+    step "infer_seg_$split" 3 launch stage3_seg.infer_seg --config "$SEG_CONFIG" \
+      --data_root "$DATA_ROOT" --weights "$EXPDIR/ckpts/final.pth" --split "$split" \
+      --out_dir "$EXPDIR/results/$split" "${SEG_INFER_EXTRA[@]}"
+    step "eval_final_$split" 3 evaluate "final_$split" "$EXPDIR/results/$split" png "$split"
+  done
+fi
+
+"$PYTHON" -m tools.collect_results --expdir "$EXPDIR" --val_split "$VAL_SPLIT" --train_split "$EVAL_TRAIN_SPLIT"
