@@ -29,7 +29,8 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
-__all__ = ["LR_MULT", "DECAY", "make_param_groups", "PolyOptimizer", "poly_lr"]
+__all__ = ["LR_MULT", "DECAY", "make_param_groups", "PolyOptimizer", "PolyAdamW", "build_optimizer",
+           "poly_lr"]
 
 LR_MULT = (1.0, 2.0, 10.0, 20.0)
 DECAY = (True, False, True, False)
@@ -67,44 +68,40 @@ def make_param_groups(model_or_groups: nn.Module | Iterable[Iterable[nn.Paramete
     return out
 
 
-class PolyOptimizer(torch.optim.SGD):
-    """SGD whose group learning rates follow the poly schedule of the module docstring.
+def _build_groups(params_groups, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """Normalise a model / 4 lists / group dicts into group dicts with lr and weight decay set."""
+    if isinstance(params_groups, nn.Module):
+        params_groups = params_groups.param_groups()
+    params_groups = list(params_groups)
+    if params_groups and not isinstance(params_groups[0], dict):
+        params_groups = make_param_groups(params_groups)
+    groups = []
+    for g in params_groups:
+        g = dict(g)
+        mult = g.setdefault("lr_mult", 1.0)
+        decay = g.setdefault("decay", True)
+        g.setdefault("lr", lr * mult)
+        g.setdefault("weight_decay", weight_decay if decay else 0.0)
+        g["params"] = list(g["params"])
+        groups.append(g)
+    return groups
 
-    Args:
-        params_groups: a model (uses its ``param_groups()``), 4 lists of parameters, or group
-            dicts (from :func:`make_param_groups` or hand-made; a dict without ``lr`` gets
-            ``lr * lr_mult``, one without ``weight_decay`` gets ``weight_decay`` if ``decay``
-            else 0).
-        lr: base learning rate (group 0).
-        weight_decay: L2 weight decay of the decayed groups.
-        max_step: number of scheduled steps.
-        momentum: SGD momentum; ``None`` -> ``weight_decay`` (the original's quirk).
-        power: poly exponent (0.9).
-    """
 
-    def __init__(self, params_groups, lr: float, weight_decay: float, max_step: int,
-                 momentum: float | None = None, power: float = 0.9):
+class _PolySchedule:
+    """Poly schedule over the group learning rates, shared by the SGD and AdamW variants."""
+
+    max_step: int
+    power: float
+    global_step: int
+
+    def _init_schedule(self, max_step: int, power: float) -> None:
         if max_step < 1:
-            raise ValueError(f"PolyOptimizer: max_step must be >= 1, got {max_step}")
-        if isinstance(params_groups, nn.Module):
-            params_groups = params_groups.param_groups()
-        params_groups = list(params_groups)
-        if params_groups and not isinstance(params_groups[0], dict):
-            params_groups = make_param_groups(params_groups)
-        groups = []
-        for g in params_groups:
-            g = dict(g)
-            mult = g.setdefault("lr_mult", 1.0)
-            decay = g.setdefault("decay", True)
-            g.setdefault("lr", lr * mult)
-            g.setdefault("weight_decay", weight_decay if decay else 0.0)
-            g["params"] = list(g["params"])
-            groups.append(g)
+            raise ValueError(f"{type(self).__name__}: max_step must be >= 1, got {max_step}")
         self.max_step = int(max_step)
         self.power = float(power)
         self.global_step = 0
-        super().__init__(groups, lr=lr,
-                         momentum=weight_decay if momentum is None else momentum)
+
+    def _record_initial_lr(self) -> None:
         for g in self.param_groups:
             g["initial_lr"] = g["lr"]
 
@@ -114,7 +111,7 @@ class PolyOptimizer(torch.optim.SGD):
                 for g in self.param_groups]
 
     def step(self, closure=None):
-        """Set every group's lr for step ``global_step``, take an SGD step, advance the counter."""
+        """Set every group's lr for step ``global_step``, take a step, advance the counter."""
         if self.global_step < self.max_step:
             for g, lr in zip(self.param_groups, self.current_lrs()):
                 g["lr"] = lr
@@ -131,3 +128,51 @@ class PolyOptimizer(torch.optim.SGD):
         state_dict = dict(state_dict)
         self.global_step = int(state_dict.pop("global_step", 0))
         super().load_state_dict(state_dict)
+
+
+class PolyOptimizer(_PolySchedule, torch.optim.SGD):
+    """SGD whose group learning rates follow the poly schedule of the module docstring.
+
+    Args:
+        params_groups: a model (uses its ``param_groups()``), 4 lists of parameters, or group
+            dicts (from :func:`make_param_groups` or hand-made; a dict without ``lr`` gets
+            ``lr * lr_mult``, one without ``weight_decay`` gets ``weight_decay`` if ``decay``
+            else 0).
+        lr: base learning rate (group 0).
+        weight_decay: L2 weight decay of the decayed groups.
+        max_step: number of scheduled steps.
+        momentum: SGD momentum; ``None`` -> ``weight_decay`` (the original's quirk).
+        power: poly exponent (0.9).
+    """
+
+    def __init__(self, params_groups, lr: float, weight_decay: float, max_step: int,
+                 momentum: float | None = None, power: float = 0.9):
+        self._init_schedule(max_step, power)
+        torch.optim.SGD.__init__(self, _build_groups(params_groups, lr, weight_decay), lr=lr,
+                                 momentum=weight_decay if momentum is None else momentum)
+        self._record_initial_lr()
+
+
+class PolyAdamW(_PolySchedule, torch.optim.AdamW):
+    """AdamW with the same four groups and poly schedule (not in the original).
+
+    For training from random initialisation (the CPU demo has no ImageNet weights), where the
+    original's near-momentum-free SGD learns too slowly; selected by ``--optimizer adamw``.
+    """
+
+    def __init__(self, params_groups, lr: float, weight_decay: float, max_step: int,
+                 power: float = 0.9):
+        self._init_schedule(max_step, power)
+        torch.optim.AdamW.__init__(self, _build_groups(params_groups, lr, weight_decay), lr=lr)
+        self._record_initial_lr()
+
+
+def build_optimizer(kind: str, params_groups, lr: float, weight_decay: float, max_step: int,
+                    momentum: float | None = None, power: float = 0.9):
+    """``--optimizer`` of the stage scripts: 'sgd' (the original, :class:`PolyOptimizer`) or
+    'adamw' (:class:`PolyAdamW`; ``momentum`` is ignored)."""
+    if kind == "sgd":
+        return PolyOptimizer(params_groups, lr, weight_decay, max_step, momentum, power)
+    if kind == "adamw":
+        return PolyAdamW(params_groups, lr, weight_decay, max_step, power)
+    raise ValueError(f"unknown optimizer {kind!r}; expected 'sgd' or 'adamw'")

@@ -26,7 +26,7 @@ from lib.losses.feature_similarity import feature_similarity_loss
 from lib.losses.seam import (equivariant_cross_regularization_loss,
                              equivariant_regularization_loss)
 from lib.models import build_model
-from lib.optim import PolyOptimizer
+from lib.optim import build_optimizer
 from lib.training import (TrainLogger, add_common_train_args, autocast, iterate_steps,
                           load_train_state, make_loader, save_train_state, save_weights,
                           steps_per_epoch, wrap_ddp, write_run_config)
@@ -70,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fsl_mu", type=float, default=2.5)
     p.add_argument("--fsl_sigma", type=float, default=5.0)
     p.add_argument("--fsl_mode", default="windowed", choices=["windowed", "dense"],
-                   help="windowed = exact within ceil(4 sigma), O(HW*window) memory; dense = original")
+                   help="windowed = exact to 1e-4 within ceil(5 sigma), O(HW*window) memory; dense = original")
     p.add_argument("--no_color_jitter", action="store_true")
     p.add_argument("--frozen_bn", action=argparse.BooleanOptionalAction, default=True,
                    help="the original's regime: BatchNorms in eval mode and conv1a/b2* frozen; "
@@ -126,8 +126,8 @@ def main(argv=None) -> None:
     elif dist.is_main():
         print("train_cam: no --weights given, training from random initialisation")
     max_step = args.max_steps or steps_per_epoch(len(dataset), args.batch_size) * args.max_epoches
-    optimizer = PolyOptimizer(model.param_groups(), lr=args.lr, weight_decay=args.wt_dec,
-                              max_step=max_step, momentum=args.momentum)
+    optimizer = build_optimizer(args.optimizer, model.param_groups(), lr=args.lr,
+                                weight_decay=args.wt_dec, max_step=max_step, momentum=args.momentum)
     model = wrap_ddp(model, device, world)
     start = load_train_state(args.resume, model, optimizer) if args.resume else 0
 

@@ -30,7 +30,7 @@ from lib.affinity import extract_pair_labels
 from lib.datasets import AffinityDataset, resolve_list
 from lib.losses.affinity import affinity_loss
 from lib.models import build_model
-from lib.optim import PolyOptimizer
+from lib.optim import build_optimizer
 from lib.training import (TrainLogger, add_common_train_args, autocast, iterate_steps,
                           load_train_state, make_loader, save_train_state, save_weights,
                           steps_per_epoch, wrap_ddp, write_run_config)
@@ -93,8 +93,8 @@ def main(argv=None) -> None:
     elif dist.is_main():
         print("train_aff: no --weights given, training from random initialisation")
     max_step = args.max_steps or steps_per_epoch(len(dataset), args.batch_size) * args.max_epoches
-    optimizer = PolyOptimizer(model.param_groups(), lr=args.lr, weight_decay=args.wt_dec,
-                              max_step=max_step, momentum=args.momentum)
+    optimizer = build_optimizer(args.optimizer, model.param_groups(), lr=args.lr,
+                                weight_decay=args.wt_dec, max_step=max_step, momentum=args.momentum)
     model = wrap_ddp(model, device, world)
     start = load_train_state(args.resume, model, optimizer) if args.resume else 0
 

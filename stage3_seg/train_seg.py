@@ -178,7 +178,7 @@ def main(argv=None) -> None:
               f"unchanged", file=sys.stderr)
 
     from lib.models import build_model
-    from lib.optim import PolyOptimizer
+    from lib.optim import build_optimizer
     from lib.weights import load_imagenet_weights
 
     try:
@@ -202,8 +202,9 @@ def main(argv=None) -> None:
 
     max_step = cfg["ITERATIONS"]
     # SEAM's segmentation schedule: lr_t = LR (1 - t / (ITERATIONS + 1))^POWER, t = 0..ITERATIONS-1.
-    optimizer = PolyOptimizer(model.param_groups(), lr=cfg["LR"], weight_decay=cfg["WEIGHT_DECAY"],
-                              max_step=max_step + 1, momentum=cfg["MOMENTUM"], power=cfg["POWER"])
+    optimizer = build_optimizer(args.optimizer, model.param_groups(), lr=cfg["LR"],
+                                weight_decay=cfg["WEIGHT_DECAY"], max_step=max_step + 1,
+                                momentum=cfg["MOMENTUM"], power=cfg["POWER"])
     model = wrap_ddp(model, device, world)
     start = load_train_state(args.resume, model, optimizer) if args.resume else 0
 
