@@ -188,3 +188,58 @@ def write_run_config(path: str | Path, args: argparse.Namespace, extra: dict | N
     cfg = {**vars(args), **(extra or {})}
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(cfg, indent=2, default=str))
+
+
+class TrainingRun:
+    """The bookkeeping every stage's loop shares around its own loss.
+
+    ``start`` wraps the model for DDP, restores ``--resume``, records the run config next to
+    the checkpoint and opens the logger; ``after_step`` writes the periodic training state
+    (``--save_every``); ``finish`` saves ``<session>.pth`` (plain state_dict) and the final state.
+    """
+
+    def __init__(self, args: argparse.Namespace, desc: str, global_batch: int, max_step: int):
+        self.args, self.desc = args, desc
+        self.global_batch, self.max_step = global_batch, max_step
+        self.session = Path(args.session_name)
+        self.logger: TrainLogger | None = None
+
+    def start(self, model, optimizer, device: torch.device, world: int, extra: dict):
+        """Returns (model wrapped for DDP, first step)."""
+        model = wrap_ddp(model, device, world)
+        start = load_train_state(self.args.resume, model, optimizer) if self.args.resume else 0
+        if dist.is_main():
+            write_run_config(f"{self.session}.config.json", self.args,
+                             {"world_size": world, "max_step": self.max_step, **extra})
+        self.logger = TrainLogger(self.args.tblog_dir or f"{self.session}_tb", self.max_step,
+                                  start, self.global_batch, desc=self.desc)
+        return model, start
+
+    def after_step(self, step: int, model, optimizer, scalars: dict[str, float]) -> None:
+        self.logger.log(step, scalars)
+        every = self.args.save_every
+        if every and (step + 1) % every == 0 and dist.is_main():
+            save_train_state(f"{self.session}.state.pth", model, optimizer, step + 1, self.args)
+
+    def finish(self, model, optimizer, step: int) -> None:
+        self.logger.close()
+        if dist.is_main():
+            save_weights(model, f"{self.session}.pth")
+            save_train_state(f"{self.session}.state.pth", model, optimizer, self.max_step,
+                             self.args)
+            print(f"{self.desc}: saved {self.session}.pth ({self.max_step} steps, "
+                  f"{self.logger.images_per_second(step):.1f} img/s)")
+        dist.barrier()
+        dist.cleanup()
+
+
+def load_backbone_weights(model, weights: str | None, desc: str) -> str | None:
+    """ImageNet weights (``.params``/``.pth``) into the trunk; None/'none' = random init."""
+    from lib.weights import load_imagenet_weights
+
+    if weights and weights.lower() != "none":
+        load_imagenet_weights(model, weights)
+        return weights
+    if dist.is_main():
+        print(f"{desc}: no --weights given, training from random initialisation")
+    return None

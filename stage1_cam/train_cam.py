@@ -12,7 +12,6 @@ Runs as one CPU process, one GPU, or ``torchrun --nproc_per_node K -m stage1_cam
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +26,8 @@ from lib.losses.seam import (equivariant_cross_regularization_loss,
                              equivariant_regularization_loss)
 from lib.models import build_model
 from lib.optim import build_optimizer
-from lib.training import (TrainLogger, add_common_train_args, autocast, iterate_steps,
-                          load_train_state, make_loader, save_train_state, save_weights,
-                          steps_per_epoch, wrap_ddp, write_run_config)
-from lib.weights import load_imagenet_weights
+from lib.training import (TrainingRun, add_common_train_args, autocast, iterate_steps,
+                          load_backbone_weights, make_loader, steps_per_epoch)
 
 VIEW2_SCALE = 0.3  # SEAM's second view: the crop downscaled by 0.3
 FSL_WEIGHT = 0.5
@@ -121,22 +118,12 @@ def main(argv=None) -> None:
 
     model = build_model("cam", num_classes=layout.num_classes, width=args.backbone_width,
                         freeze=args.frozen_bn)
-    if args.weights and args.weights.lower() != "none":
-        load_imagenet_weights(model, args.weights)
-    elif dist.is_main():
-        print("train_cam: no --weights given, training from random initialisation")
+    load_backbone_weights(model, args.weights, "train_cam")
     max_step = args.max_steps or steps_per_epoch(len(dataset), args.batch_size) * args.max_epoches
     optimizer = build_optimizer(args.optimizer, model.param_groups(), lr=args.lr,
                                 weight_decay=args.wt_dec, max_step=max_step, momentum=args.momentum)
-    model = wrap_ddp(model, device, world)
-    start = load_train_state(args.resume, model, optimizer) if args.resume else 0
-
-    session = Path(args.session_name)
-    if dist.is_main():
-        write_run_config(session.with_suffix(".config.json"), args,
-                         {"world_size": world, "max_step": max_step, "num_images": len(dataset)})
-    logger = TrainLogger(args.tblog_dir or f"{session}_tb", max_step, start, args.batch_size,
-                         desc="train_cam")
+    run = TrainingRun(args, "train_cam", args.batch_size, max_step)
+    model, start = run.start(model, optimizer, device, world, {"num_images": len(dataset)})
     sample_gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + rank)
     model.train()
     step = start
@@ -148,16 +135,8 @@ def main(argv=None) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        logger.log(step, {**parts, "lr": optimizer.param_groups[0]["lr"]})
-        if args.save_every and (step + 1) % args.save_every == 0 and dist.is_main():
-            save_train_state(f"{session}.state.pth", model, optimizer, step + 1, args)
-    logger.close()
-    if dist.is_main():
-        save_weights(model, f"{session}.pth")
-        save_train_state(f"{session}.state.pth", model, optimizer, max_step, args)
-        print(f"train_cam: saved {session}.pth ({max_step} steps, "
-              f"{logger.images_per_second(step):.1f} img/s)")
-    dist.cleanup()
+        run.after_step(step, model, optimizer, {**parts, "lr": optimizer.param_groups[0]["lr"]})
+    run.finish(model, optimizer, step)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Runs as one CPU process, one GPU, or ``torchrun --nproc_per_node K -m stage2_aff
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
@@ -31,10 +30,8 @@ from lib.datasets import AffinityDataset, resolve_list
 from lib.losses.affinity import affinity_loss
 from lib.models import build_model
 from lib.optim import build_optimizer
-from lib.training import (TrainLogger, add_common_train_args, autocast, iterate_steps,
-                          load_train_state, make_loader, save_train_state, save_weights,
-                          steps_per_epoch, wrap_ddp, write_run_config)
-from lib.weights import load_imagenet_weights
+from lib.training import (TrainingRun, add_common_train_args, autocast, iterate_steps,
+                          load_backbone_weights, make_loader, steps_per_epoch)
 
 RADIUS = 5  # PSA's pair radius at stride 8
 
@@ -88,22 +85,12 @@ def main(argv=None) -> None:
     loader, sampler = make_loader(dataset, args.batch_size, rank, world, args.seed, args.num_workers)
 
     model = build_model("aff", width=args.backbone_width, freeze=args.frozen_bn)
-    if args.weights and args.weights.lower() != "none":
-        load_imagenet_weights(model, args.weights)
-    elif dist.is_main():
-        print("train_aff: no --weights given, training from random initialisation")
+    load_backbone_weights(model, args.weights, "train_aff")
     max_step = args.max_steps or steps_per_epoch(len(dataset), args.batch_size) * args.max_epoches
     optimizer = build_optimizer(args.optimizer, model.param_groups(), lr=args.lr,
                                 weight_decay=args.wt_dec, max_step=max_step, momentum=args.momentum)
-    model = wrap_ddp(model, device, world)
-    start = load_train_state(args.resume, model, optimizer) if args.resume else 0
-
-    session = Path(args.session_name)
-    if dist.is_main():
-        write_run_config(session.with_suffix(".config.json"), args,
-                         {"world_size": world, "max_step": max_step, "num_images": len(dataset)})
-    logger = TrainLogger(args.tblog_dir or f"{session}_tb", max_step, start, args.batch_size,
-                         desc="train_aff")
+    run = TrainingRun(args, "train_aff", args.batch_size, max_step)
+    model, start = run.start(model, optimizer, device, world, {"num_images": len(dataset)})
     model.train()  # the network keeps its BatchNorm frozen (eval mode) itself
     step = start
     for step, batch in iterate_steps(loader, sampler, max_step, start):
@@ -119,19 +106,11 @@ def main(argv=None) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        logger.log(step, {"loss": float(loss), **{f"{k}_loss": float(v) for k, v in parts.items()},
-                          "bg_cnt": float(bg.sum()), "fg_cnt": float(fg.sum()),
-                          "neg_cnt": float(neg.sum()), "lr": optimizer.param_groups[0]["lr"]})
-        if args.save_every and (step + 1) % args.save_every == 0 and dist.is_main():
-            save_train_state(f"{session}.state.pth", model, optimizer, step + 1, args)
-    logger.close()
-    if dist.is_main():
-        save_weights(model, f"{session}.pth")
-        save_train_state(f"{session}.state.pth", model, optimizer, max_step, args)
-        print(f"train_aff: saved {session}.pth ({max_step} steps, "
-              f"{logger.images_per_second(step):.1f} img/s)")
-    dist.cleanup()
-
+        run.after_step(step, model, optimizer,
+                       {"loss": float(loss), **{f"{k}_loss": float(v) for k, v in parts.items()},
+                        "bg_cnt": float(bg.sum()), "fg_cnt": float(fg.sum()),
+                        "neg_cnt": float(neg.sum()), "lr": optimizer.param_groups[0]["lr"]})
+    run.finish(model, optimizer, step)
 
 if __name__ == "__main__":
     main()

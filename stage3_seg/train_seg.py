@@ -35,9 +35,8 @@ import torch.nn.functional as F
 
 from lib import dist
 from lib.config import add_config_args, config_from_args
-from lib.training import (TrainLogger, add_common_train_args, autocast, iterate_steps,
-                          load_train_state, make_loader, save_train_state, save_weights,
-                          wrap_ddp, write_run_config)
+from lib.training import (TrainingRun, add_common_train_args, autocast, iterate_steps,
+                          make_loader)
 
 IGNORE_INDEX = 255
 
@@ -205,16 +204,10 @@ def main(argv=None) -> None:
     optimizer = build_optimizer(args.optimizer, model.param_groups(), lr=cfg["LR"],
                                 weight_decay=cfg["WEIGHT_DECAY"], max_step=max_step + 1,
                                 momentum=cfg["MOMENTUM"], power=cfg["POWER"])
-    model = wrap_ddp(model, device, world)
-    start = load_train_state(args.resume, model, optimizer) if args.resume else 0
-
-    session = Path(args.session_name)
-    if dist.is_main():
-        write_run_config(f"{session}.config.json", args,
-                         {"config": cfg, "world_size": world, "max_step": max_step,
-                          "num_images": len(dataset), "imagenet_weights_loaded": weights})
-    logger = TrainLogger(args.tblog_dir or f"{session}_tb", max_step, start, cfg["BATCH"],
-                         desc="train_seg")
+    run = TrainingRun(args, "train_seg", cfg["BATCH"], max_step)
+    model, start = run.start(model, optimizer, device, world,
+                             {"config": cfg, "num_images": len(dataset),
+                              "imagenet_weights_loaded": weights})
     model.train()
     step = start
     for step, batch in iterate_steps(loader, sampler, max_step, start):
@@ -228,22 +221,12 @@ def main(argv=None) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        logger.log(step, {**parts, "lr": optimizer.param_groups[0]["lr"]})
-        if logger.writer is not None and args.image_every and step % args.image_every == 0:
-            logger.writer.add_image("train/pred_vs_pseudo_label",
+        run.after_step(step, model, optimizer, {**parts, "lr": optimizer.param_groups[0]["lr"]})
+        if run.logger.writer is not None and args.image_every and step % args.image_every == 0:
+            run.logger.writer.add_image("train/pred_vs_pseudo_label",
                                     overlay_panel(img[0], logits[0], label[0]), step,
                                     dataformats="HWC")
-        if args.save_every and (step + 1) % args.save_every == 0 and dist.is_main():
-            save_train_state(f"{session}.state.pth", model, optimizer, step + 1, args)
-    logger.close()
-    if dist.is_main():
-        save_weights(model, f"{session}.pth")
-        save_train_state(f"{session}.state.pth", model, optimizer, max_step, args)
-        print(f"train_seg: saved {session}.pth ({max_step} steps, "
-              f"{logger.images_per_second(step):.1f} img/s)", file=sys.stderr)
-    dist.barrier()
-    dist.cleanup()
-
+    run.finish(model, optimizer, step)
 
 if __name__ == "__main__":
     main()

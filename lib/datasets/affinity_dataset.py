@@ -34,7 +34,7 @@ from .layout import Layout
 from .transforms import (ColorJitter, Normalize, RandomCrop, RandomHorizontalFlip,
                          RandomResizeLong, to_chw_tensor)
 
-__all__ = ["AffinityDataset", "resolve_list", "pool_maps"]
+__all__ = ["AffinityDataset", "pool_maps"]
 
 POOL = 8  # feature stride of ResNet-38 at conv4..conv6
 
