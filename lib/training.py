@@ -37,6 +37,9 @@ def add_common_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save_every", type=int, default=0,
                    help="also save the training state every N steps (0: only at the end)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=True,
+                   help="the network's dropout layers (--no-dropout: p = 0, for short "
+                        "from-scratch runs such as the CPU demo)")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
                    help="sgd = the original's poly SGD; adamw = poly AdamW with the same groups, "
                         "for training from random initialisation (the CPU demo)")

@@ -24,7 +24,7 @@ from lib.losses.classification import classification_loss
 from lib.losses.feature_similarity import feature_similarity_loss
 from lib.losses.seam import (equivariant_cross_regularization_loss,
                              equivariant_regularization_loss)
-from lib.models import build_model
+from lib.models import build_model, disable_dropout
 from lib.optim import build_optimizer
 from lib.training import (TrainingRun, add_common_train_args, autocast, iterate_steps,
                           load_backbone_weights, make_loader, steps_per_epoch)
@@ -57,6 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     # ICAM's flags.
     p.add_argument("--loss_weight", type=float, default=0.8,
                    help="w: (1-w) GAP + w importance sampling (0 = GAP only, 1 = IS only)")
+    p.add_argument("--loss_weight_warmup", type=int, default=0,
+                   help="ramp w linearly from 0 to --loss_weight over this many steps (0 = off, the "
+                        "original); importance sampling needs CAMs that already localise, which "
+                        "a network trained from random initialisation does not have at first")
     p.add_argument("--num_samples", type=int, default=100, help="importance samples per class")
     p.add_argument("--pooling", default="avg", choices=["avg", "max"], help="GAP-branch pooling")
     p.add_argument("--rv_pooling", default="max", choices=["avg", "max"], help="revised-CAM pooling")
@@ -76,12 +80,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def stage1_loss(model, img1, label, args, generator=None):
-    """Total stage-1 loss for a batch of crops (N,3,S,S) with foreground labels (N,C)."""
+def loss_weight_at(step: int, args) -> float:
+    """w of the classification loss at ``step`` (linear warm-up with --loss_weight_warmup)."""
+    if args.loss_weight_warmup <= 0:
+        return args.loss_weight
+    return args.loss_weight * min(1.0, step / args.loss_weight_warmup)
+
+
+def stage1_loss(model, img1, label, args, generator=None, loss_weight=None):
+    """Total stage-1 loss for a batch of crops (N,3,S,S) with foreground labels (N,C).
+
+    ``loss_weight`` overrides ``args.loss_weight`` (the warm-up schedule).
+    """
     img2 = F.interpolate(img1, scale_factor=VIEW2_SCALE, mode="bilinear", align_corners=True)
     out1 = model(img1)
     out2 = model(img2)
-    cls, parts = classification_loss(out1, out2, label, loss_weight=args.loss_weight,
+    w = args.loss_weight if loss_weight is None else loss_weight
+    cls, parts = classification_loss(out1, out2, label, loss_weight=w,
                                      num_samples=args.num_samples, pooling=args.pooling,
                                      rv_pooling=args.rv_pooling, sampling=args.sampling,
                                      generator=generator)
@@ -119,6 +134,8 @@ def main(argv=None) -> None:
     model = build_model("cam", num_classes=layout.num_classes, width=args.backbone_width,
                         freeze=args.frozen_bn)
     load_backbone_weights(model, args.weights, "train_cam")
+    if not args.dropout:
+        disable_dropout(model)
     max_step = args.max_steps or steps_per_epoch(len(dataset), args.batch_size) * args.max_epoches
     optimizer = build_optimizer(args.optimizer, model.param_groups(), lr=args.lr,
                                 weight_decay=args.wt_dec, max_step=max_step, momentum=args.momentum)
@@ -131,7 +148,8 @@ def main(argv=None) -> None:
         img = batch["image"].to(device, non_blocking=True)
         label = batch["label"].to(device, non_blocking=True)
         with autocast(args.amp, device):
-            loss, parts = stage1_loss(model, img, label, args, generator=sample_gen)
+            loss, parts = stage1_loss(model, img, label, args, generator=sample_gen,
+                                      loss_weight=loss_weight_at(step, args))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

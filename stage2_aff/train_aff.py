@@ -28,7 +28,7 @@ from lib import dist
 from lib.affinity import extract_pair_labels
 from lib.datasets import AffinityDataset, resolve_list
 from lib.losses.affinity import affinity_loss
-from lib.models import build_model
+from lib.models import build_model, disable_dropout
 from lib.optim import build_optimizer
 from lib.training import (TrainingRun, add_common_train_args, autocast, iterate_steps,
                           load_backbone_weights, make_loader, steps_per_epoch)
@@ -86,6 +86,8 @@ def main(argv=None) -> None:
 
     model = build_model("aff", width=args.backbone_width, freeze=args.frozen_bn)
     load_backbone_weights(model, args.weights, "train_aff")
+    if not args.dropout:
+        disable_dropout(model)
     max_step = args.max_steps or steps_per_epoch(len(dataset), args.batch_size) * args.max_epoches
     optimizer = build_optimizer(args.optimizer, model.param_groups(), lr=args.lr,
                                 weight_decay=args.wt_dec, max_step=max_step, momentum=args.momentum)

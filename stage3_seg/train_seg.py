@@ -176,7 +176,7 @@ def main(argv=None) -> None:
               f"batch {cfg['BATCH']} is split over the processes, so the effective batch is "
               f"unchanged", file=sys.stderr)
 
-    from lib.models import build_model
+    from lib.models import build_model, disable_dropout
     from lib.optim import build_optimizer
     from lib.weights import load_imagenet_weights
 
@@ -188,6 +188,8 @@ def main(argv=None) -> None:
 
     model = build_model("deeplabv1", num_classes=cfg["NUM_CLASSES"] - 1,
                         width=cfg["BACKBONE_WIDTH"], bn_momentum=cfg["BN_MOMENTUM"])
+    if not args.dropout:
+        disable_dropout(model)
     weights = resolve_imagenet_weights(args, cfg)
     if weights is not None:
         try:
