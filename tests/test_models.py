@@ -262,3 +262,19 @@ def test_deeplab_bn_trains_and_groups():
     assert {id(p) for p in groups[2]} == {id(m.conv_fov.weight), id(m.conv_fov2.weight), id(m.cls_conv.weight)}
     assert [id(p) for p in groups[3]] == [id(m.cls_conv.bias)] and groups[1] == []
     assert len(groups[0]) == sum(1 for mod in m.backbone.modules() if isinstance(mod, nn.Conv2d))
+
+
+def test_disable_dropout_zeroes_every_dropout_layer():
+    from lib.models import build_model, disable_dropout
+
+    torch.manual_seed(0)
+    m = build_model("deeplabv1", num_classes=5, width=0.0625)
+    n = sum(isinstance(x, torch.nn.modules.dropout._DropoutNd) for x in m.modules())
+    assert n >= 3  # b6, b7 and the head
+    assert disable_dropout(m) == n
+    m.train()
+    for mod in m.modules():  # BN in train mode still changes outputs; freeze it to compare
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(m(x).logits, m(x).logits)  # no randomness left in train mode

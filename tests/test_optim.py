@@ -74,3 +74,29 @@ def test_make_param_groups_from_model():
     assert sum(len(g["params"]) for g in opt.param_groups) == sum(len(g["params"]) for g in groups)
     with pytest.raises(ValueError):
         PolyOptimizer([[], [], [], []], lr=0.1, weight_decay=0.0, max_step=0)
+
+
+def test_poly_adamw_follows_the_same_schedule_and_groups():
+    from lib.optim import PolyAdamW, build_optimizer
+
+    w = [torch.nn.Parameter(torch.ones(2)) for _ in range(4)]
+    opt = build_optimizer("adamw", [[w[0]], [w[1]], [w[2]], [w[3]]], lr=0.1, weight_decay=0.01,
+                          max_step=10)
+    assert isinstance(opt, PolyAdamW)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1, 0.2, 1.0, 2.0])
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0, 0.01, 0.0]
+    for _ in range(3):
+        for p in w:
+            p.grad = torch.ones_like(p)
+        opt.step()
+    # after 3 steps the next lr is lr0 (1 - 3/10)^0.9, per group
+    assert opt.current_lrs() == pytest.approx([m * 0.1 * 0.7 ** 0.9 for m in (1, 2, 10, 20)])
+    # the first Adam step moves every element by ~lr (sign of the gradient), not lr * grad
+    assert float(w[2][0]) < 1.0 - 0.9
+    sd = opt.state_dict()
+    opt2 = build_optimizer("adamw", [[w[0]], [w[1]], [w[2]], [w[3]]], lr=0.1, weight_decay=0.01,
+                           max_step=10)
+    opt2.load_state_dict(sd)
+    assert opt2.global_step == 3
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        build_optimizer("rmsprop", [[w[0]], [], [], []], 0.1, 0.0, 10)

@@ -437,3 +437,14 @@ def test_stage1_loss_fsl_term():
     assert float(loss.detach() - loss0.detach()) == pytest.approx(0.5 * fsl, rel=1e-3, abs=1e-6)
     assert parts["total"] == pytest.approx(
         parts["cls"] + parts["er"] + parts["ecr"] + 0.5 * parts["fsl"], rel=1e-5)
+
+
+def test_loss_weight_warmup_schedule():
+    from argparse import Namespace
+
+    from stage1_cam.train_cam import loss_weight_at
+
+    off = Namespace(loss_weight=0.8, loss_weight_warmup=0)
+    assert [loss_weight_at(s, off) for s in (0, 5, 100)] == [0.8, 0.8, 0.8]
+    ramp = Namespace(loss_weight=0.8, loss_weight_warmup=10)
+    assert [loss_weight_at(s, ramp) for s in (0, 5, 10, 50)] == pytest.approx([0.0, 0.4, 0.8, 0.8])
