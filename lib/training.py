@@ -45,6 +45,31 @@ def add_common_train_args(p: argparse.ArgumentParser) -> None:
                         "for training from random initialisation (the CPU demo)")
 
 
+def add_weak_stage_args(p: argparse.ArgumentParser, session_default: str) -> None:
+    """The original's flags shared by stage 1 (train_cam) and stage 2 (train_aff), same names
+    and defaults, plus the BN regime switch (``--no-frozen_bn`` for from-scratch runs)."""
+    p.add_argument("--batch_size", type=int, default=8, help="global batch over all processes")
+    p.add_argument("--max_epoches", "--epochs", dest="max_epoches", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--num_workers", type=int, default=8)
+    p.add_argument("--wt_dec", "--weight_decay", dest="wt_dec", type=float, default=5e-4)
+    p.add_argument("--momentum", type=float, default=None,
+                   help="SGD momentum; default reproduces the original's quirk (momentum = wt_dec)")
+    p.add_argument("--train_list", default="train_aug", help="split name or list file")
+    p.add_argument("--session_name", default=session_default,
+                   help="checkpoint path without .pth")
+    p.add_argument("--crop_size", type=int, default=448, help="square training crop")
+    p.add_argument("--weights", default=None,
+                   help="ImageNet weights (.params or .pth); 'none' trains from scratch (demos)")
+    p.add_argument("--voc12_root", "--data_root", dest="voc12_root", required=True)
+    p.add_argument("--dataset", default="voc", choices=["voc", "coco"])
+    p.add_argument("--tblog_dir", default=None, help="TensorBoard dir (default <session_name>_tb)")
+    p.add_argument("--no_color_jitter", action="store_true")
+    p.add_argument("--frozen_bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="the original's regime: BatchNorms in eval mode and conv1a/b2* frozen; "
+                        "--no-frozen_bn trains BN statistics and the stem (from-scratch demos)")
+
+
 def make_loader(dataset, global_batch: int, rank: int, world: int, seed: int, num_workers: int,
                 shuffle: bool = True, drop_last: bool = True):
     """DataLoader of per-process batches; returns (loader, sampler or None)."""

@@ -26,8 +26,8 @@ from lib.losses.seam import (equivariant_cross_regularization_loss,
                              equivariant_regularization_loss)
 from lib.models import build_model, disable_dropout
 from lib.optim import build_optimizer
-from lib.training import (TrainingRun, add_common_train_args, autocast, iterate_steps,
-                          load_backbone_weights, make_loader, steps_per_epoch)
+from lib.training import (TrainingRun, add_common_train_args, add_weak_stage_args, autocast,
+                          iterate_steps, load_backbone_weights, make_loader, steps_per_epoch)
 
 VIEW2_SCALE = 0.3  # SEAM's second view: the crop downscaled by 0.3
 FSL_WEIGHT = 0.5
@@ -35,25 +35,10 @@ FSL_WEIGHT = 0.5
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # The original's flags, names and defaults.
-    p.add_argument("--batch_size", type=int, default=8, help="global batch over all processes")
-    p.add_argument("--max_epoches", "--epochs", dest="max_epoches", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--num_workers", type=int, default=8)
-    p.add_argument("--wt_dec", "--weight_decay", dest="wt_dec", type=float, default=5e-4)
-    p.add_argument("--momentum", type=float, default=None,
-                   help="SGD momentum; default reproduces the original's quirk (momentum = wt_dec)")
-    p.add_argument("--train_list", default="train_aug", help="split name or list file")
-    p.add_argument("--session_name", default="cam", help="checkpoint path without .pth")
-    p.add_argument("--crop_size", type=int, default=448)
+    add_weak_stage_args(p, session_default="cam")
     p.add_argument("--resize_long", type=int, nargs=2, default=(448, 768),
                    help="RandomResizeLong range of the long side")
-    p.add_argument("--weights", default=None,
-                   help="ImageNet weights (.params or .pth); 'none' trains from scratch")
-    p.add_argument("--voc12_root", "--data_root", dest="voc12_root", required=True)
-    p.add_argument("--dataset", default="voc", choices=["voc", "coco"])
     p.add_argument("--cls_labels", default=None, help="image-level labels npz (default: the layout's)")
-    p.add_argument("--tblog_dir", default=None, help="TensorBoard dir (default <session_name>_tb)")
     # ICAM's flags.
     p.add_argument("--loss_weight", type=float, default=0.8,
                    help="w: (1-w) GAP + w importance sampling (0 = GAP only, 1 = IS only)")
@@ -72,10 +57,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fsl_sigma", type=float, default=5.0)
     p.add_argument("--fsl_mode", default="windowed", choices=["windowed", "dense"],
                    help="windowed = exact to 1e-4 within ceil(5 sigma), O(HW*window) memory; dense = original")
-    p.add_argument("--no_color_jitter", action="store_true")
-    p.add_argument("--frozen_bn", action=argparse.BooleanOptionalAction, default=True,
-                   help="the original's regime: BatchNorms in eval mode and conv1a/b2* frozen; "
-                        "--no-frozen_bn trains BN statistics and the stem (from-scratch demos)")
     add_common_train_args(p)
     return p.parse_args(argv)
 

@@ -30,40 +30,21 @@ from lib.datasets import AffinityDataset, resolve_list
 from lib.losses.affinity import affinity_loss
 from lib.models import build_model, disable_dropout
 from lib.optim import build_optimizer
-from lib.training import (TrainingRun, add_common_train_args, autocast, iterate_steps,
-                          load_backbone_weights, make_loader, steps_per_epoch)
+from lib.training import (TrainingRun, add_common_train_args, add_weak_stage_args, autocast,
+                          iterate_steps, load_backbone_weights, make_loader, steps_per_epoch)
 
 RADIUS = 5  # PSA's pair radius at stride 8
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # The original's flags, names and defaults.
-    p.add_argument("--batch_size", type=int, default=8, help="global batch over all processes")
-    p.add_argument("--max_epoches", "--epochs", dest="max_epoches", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--num_workers", type=int, default=8)
-    p.add_argument("--wt_dec", "--weight_decay", dest="wt_dec", type=float, default=5e-4)
-    p.add_argument("--momentum", type=float, default=None,
-                   help="SGD momentum; default reproduces the original's quirk (momentum = wt_dec)")
-    p.add_argument("--train_list", default="train_aug", help="split name or list file")
-    p.add_argument("--session_name", default="aff", help="checkpoint path without .pth")
-    p.add_argument("--crop_size", type=int, default=448, help="square crop, a multiple of 8")
-    p.add_argument("--weights", default=None,
-                   help="ImageNet weights (.params or .pth); 'none' trains from scratch (demos)")
-    p.add_argument("--voc12_root", "--data_root", dest="voc12_root", required=True)
-    p.add_argument("--dataset", default="voc", choices=["voc", "coco"])
+    add_weak_stage_args(p, session_default="aff")
     p.add_argument("--la_crf_dir", required=True, help="CRF maps of alpha 2 (crf/alpha_2.0)")
     p.add_argument("--ha_crf_dir", required=True, help="CRF maps of alpha 4 (crf/alpha_4.0)")
-    p.add_argument("--tblog_dir", default=None, help="TensorBoard dir (default <session_name>_tb)")
     # Our additions (defaults = the original behaviour).
     p.add_argument("--resize_long", type=int, nargs=2, default=None, metavar=("LO", "HI"),
                    help="joint RandomResizeLong of image and CRF maps before the crop "
                         "(the original has none)")
-    p.add_argument("--no_color_jitter", action="store_true")
-    p.add_argument("--frozen_bn", action=argparse.BooleanOptionalAction, default=True,
-                   help="the original's regime: BatchNorms in eval mode and conv1a/b2* frozen; "
-                        "--no-frozen_bn trains BN statistics and the stem (from-scratch demos)")
     add_common_train_args(p)
     return p.parse_args(argv)
 
