@@ -116,25 +116,30 @@ def main(argv=None) -> None:
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=args.num_workers)
         pool = mp.get_context("spawn").Pool(args.crf_workers) if crf_dirs and args.crf_workers > 0 else None
         pending = []
-        for item in tqdm(loader, total=len(dataset), desc="infer_cam", disable=not dist.is_main()):
-            image = item["image_uint8"]
-            image = image.numpy() if torch.is_tensor(image) else image
-            label = torch.as_tensor(item["label"], dtype=torch.float32, device=device)
-            mean_cam = multiscale_cam(model, [x.to(device) for x in item["images"]], label,
-                                      image.shape[:2], flip=not args.no_flip)
-            keys, cams = normalise_cams(mean_cam, label)
-            save_cam(out_cam / f"{item['id']}.npz", keys, cams)
-            if crf_dirs:
-                job = (np.ascontiguousarray(image), keys, cams,
-                       [(a, d / f"{item['id']}.npz") for a, d in crf_dirs.items()])
-                if pool is None:
-                    _crf_job(job)
-                else:
-                    pending.append(pool.apply_async(_crf_job, (job,)))
-                    if len(pending) > 4 * args.crf_workers:  # bound memory held by queued jobs
-                        pending.pop(0).get()
-        for r in pending:
-            r.get()
+        try:
+            for item in tqdm(loader, total=len(dataset), desc="infer_cam", disable=not dist.is_main()):
+                image = item["image_uint8"]
+                image = image.numpy() if torch.is_tensor(image) else image
+                label = torch.as_tensor(item["label"], dtype=torch.float32, device=device)
+                mean_cam = multiscale_cam(model, [x.to(device) for x in item["images"]], label,
+                                          image.shape[:2], flip=not args.no_flip)
+                keys, cams = normalise_cams(mean_cam, label)
+                save_cam(out_cam / f"{item['id']}.npz", keys, cams)
+                if crf_dirs:
+                    job = (np.ascontiguousarray(image), keys, cams,
+                           [(a, d / f"{item['id']}.npz") for a, d in crf_dirs.items()])
+                    if pool is None:
+                        _crf_job(job)
+                    else:
+                        pending.append(pool.apply_async(_crf_job, (job,)))
+                        if len(pending) > 4 * args.crf_workers:  # bound memory held by queued jobs
+                            pending.pop(0).get()
+            for r in pending:
+                r.get()
+        except BaseException:
+            if pool is not None:  # do not leave CRF workers behind on an error
+                pool.terminate()
+            raise
         if pool is not None:
             pool.close()
             pool.join()
