@@ -6,10 +6,7 @@ Everything runs on a 6-image synthetic VOC set (64 px) with a width-1/16 ResNet-
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,18 +26,12 @@ from lib.weights import load_checkpoint
 from stage1_cam.infer_cam import multiscale_cam, normalise_cams
 from stage1_cam.train_cam import parse_args, stage1_loss
 
+from helpers import make_tiny_voc, run  # noqa: E402  (tests/helpers.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = "0.0625"
 NUM_CLASSES = 5  # the synthetic set's classes
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 CPU = ["--threads", "1", "--num_workers", "0", "--device", "cpu"]
-
-
-def run(*args, timeout=180):
-    r = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                       timeout=timeout)
-    assert r.returncode == 0, f"{args[:2]} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r
 
 
 def train_args(voc: Path, session: Path, steps: int, *extra: str) -> list[str]:
@@ -73,10 +64,7 @@ def one_thread():
 def synth(tmp_path_factory):
     """Synthetic VOC root and a 2-step stage-1 run on its train split (session tmp/cam)."""
     tmp = tmp_path_factory.mktemp("stage1")
-    voc = tmp / "voc"
-    run("-m", "tools.make_synthetic_voc", "--out", str(voc), "--num_train", "4", "--num_val", "2",
-        "--size", "64", "--seed", "0")
-    run("-m", "tools.make_cls_labels", "--voc_root", str(voc))
+    voc = make_tiny_voc(tmp / "voc")
     session = tmp / "cam"
     r = run(*train_args(voc, session, 2))
     return SimpleNamespace(tmp=tmp, voc=voc, session=session, train_log=r.stdout + r.stderr)

@@ -6,7 +6,6 @@ GT classes, CRF = smoothed one-hot of the GT with background), so stage 2 runs w
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -28,16 +27,10 @@ from lib.models import build_model
 from lib.random_walk import random_walk_labels
 from lib.weights import load_checkpoint
 
+from helpers import ENV, make_tiny_voc, run  # noqa: E402  (tests/helpers.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = "0.0625"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-
-
-def run(*args, timeout=120):
-    r = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                       timeout=timeout)
-    assert r.returncode == 0, f"{args[:2]} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r
 
 
 def onehot_scores(label: np.ndarray, keys: np.ndarray, hi=0.9) -> np.ndarray:
@@ -50,10 +43,7 @@ def onehot_scores(label: np.ndarray, keys: np.ndarray, hi=0.9) -> np.ndarray:
 def synth(tmp_path_factory):
     """Synthetic VOC root + fabricated CAM / CRF artifacts for every id, and an odd-size image."""
     tmp = tmp_path_factory.mktemp("stage2")
-    voc = tmp / "voc"
-    run("-m", "tools.make_synthetic_voc", "--out", str(voc), "--num_train", "4", "--num_val", "2",
-        "--size", "64", "--seed", "0")
-    run("-m", "tools.make_cls_labels", "--voc_root", str(voc))
+    voc = make_tiny_voc(tmp / "voc")
     # An image whose size is no multiple of 8 (infer_aff pads it), listed in a list *file*.
     rng = np.random.default_rng(0)
     odd = np.zeros((50, 61), np.uint8)

@@ -1,6 +1,5 @@
 """Stage 3: multi-scale/flip inference, CRF post-processing, training and inference CLIs, panels."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,9 @@ import torch.nn as nn
 from lib.io import load_label_png, read_list, save_cam, save_label_png
 from stage3_seg.infer_seg import multiscale_flip_probs, probs_to_label
 
+from helpers import ENV, make_tiny_voc, run  # noqa: E402  (tests/helpers.py)
+
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 WIDTH = "0.0625"
 
 
@@ -128,18 +128,12 @@ def test_crf_is_applied_and_removes_an_isolated_weak_outlier():
 # ----------------------------------------------------------------------------- CLIs on synthetic data
 
 def _run(args, timeout=120):
-    r = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                       timeout=timeout)
-    assert r.returncode == 0, f"{args[:3]} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r
+    return run(*args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("s3") / "voc"
-    _run(["-m", "tools.make_synthetic_voc", "--out", str(root), "--num_train", "4", "--num_val", "2",
-          "--size", "64", "--seed", "0"])
-    return root
+    return make_tiny_voc(tmp_path_factory.mktemp("s3") / "voc", cls_labels=False)
 
 
 def _train_args(root, session):
