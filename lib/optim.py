@@ -24,7 +24,7 @@ with ``momentum=0.9`` and ``max_step = iterations + 1``.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -45,20 +45,23 @@ def poly_lr(base_lr: float, step: int, max_step: int, power: float = 0.9) -> flo
 
 def make_param_groups(model_or_groups: nn.Module | Iterable[Iterable[nn.Parameter]],
                       lr: float | None = None,
-                      weight_decay: float | None = None) -> list[dict[str, Any]]:
+                      weight_decay: float | None = None,
+                      lr_mults: Sequence[float] = LR_MULT) -> list[dict[str, Any]]:
     """The four optimiser group dicts of a model (its ``param_groups()``) or of 4 param lists.
 
-    Each dict has ``params``, ``lr_mult`` (1, 2, 10, 20) and ``decay`` (True, False, True,
-    False); with ``lr`` / ``weight_decay`` given it also carries ``lr = lr * lr_mult`` and
-    ``weight_decay = weight_decay if decay else 0``.
+    Each dict has ``params``, ``lr_mult`` (``lr_mults``, default 1, 2, 10, 20) and ``decay``
+    (True, False, True, False); with ``lr`` / ``weight_decay`` given it also carries
+    ``lr = lr * lr_mult`` and ``weight_decay = weight_decay if decay else 0``.
     """
     groups = model_or_groups.param_groups() if isinstance(model_or_groups, nn.Module) \
         else model_or_groups
     groups = [list(g) for g in groups]
     if len(groups) != 4:
         raise ValueError(f"expected 4 parameter groups, got {len(groups)}")
+    if len(lr_mults) != 4:
+        raise ValueError(f"expected 4 learning-rate multipliers, got {len(lr_mults)}")
     out = []
-    for params, mult, decay in zip(groups, LR_MULT, DECAY):
+    for params, mult, decay in zip(groups, lr_mults, DECAY):
         d: dict[str, Any] = {"params": params, "lr_mult": mult, "decay": decay}
         if lr is not None:
             d["lr"] = lr * mult
@@ -68,13 +71,15 @@ def make_param_groups(model_or_groups: nn.Module | Iterable[Iterable[nn.Paramete
     return out
 
 
-def _build_groups(params_groups, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-    """Normalise a model / 4 lists / group dicts into group dicts with lr and weight decay set."""
+def _build_groups(params_groups, lr: float, weight_decay: float,
+                  lr_mults: Sequence[float] = LR_MULT) -> list[dict[str, Any]]:
+    """Normalise a model / 4 lists / group dicts into group dicts with lr and weight decay set
+    (``lr_mults`` applies to a model or 4 lists; group dicts keep their own ``lr_mult``)."""
     if isinstance(params_groups, nn.Module):
         params_groups = params_groups.param_groups()
     params_groups = list(params_groups)
     if params_groups and not isinstance(params_groups[0], dict):
-        params_groups = make_param_groups(params_groups)
+        params_groups = make_param_groups(params_groups, lr_mults=lr_mults)
     groups = []
     for g in params_groups:
         g = dict(g)
@@ -143,12 +148,15 @@ class PolyOptimizer(_PolySchedule, torch.optim.SGD):
         max_step: number of scheduled steps.
         momentum: SGD momentum; ``None`` -> ``weight_decay`` (the original's quirk).
         power: poly exponent (0.9).
+        lr_mults: learning-rate multipliers of the four groups (the original's 1, 2, 10, 20).
     """
 
     def __init__(self, params_groups, lr: float, weight_decay: float, max_step: int,
-                 momentum: float | None = None, power: float = 0.9):
+                 momentum: float | None = None, power: float = 0.9,
+                 lr_mults: Sequence[float] = LR_MULT):
         self._init_schedule(max_step, power)
-        torch.optim.SGD.__init__(self, _build_groups(params_groups, lr, weight_decay), lr=lr,
+        torch.optim.SGD.__init__(self, _build_groups(params_groups, lr, weight_decay, lr_mults),
+                                 lr=lr,
                                  momentum=weight_decay if momentum is None else momentum)
         self._record_initial_lr()
 
@@ -161,18 +169,20 @@ class PolyAdamW(_PolySchedule, torch.optim.AdamW):
     """
 
     def __init__(self, params_groups, lr: float, weight_decay: float, max_step: int,
-                 power: float = 0.9):
+                 power: float = 0.9, lr_mults: Sequence[float] = LR_MULT):
         self._init_schedule(max_step, power)
-        torch.optim.AdamW.__init__(self, _build_groups(params_groups, lr, weight_decay), lr=lr)
+        torch.optim.AdamW.__init__(self, _build_groups(params_groups, lr, weight_decay, lr_mults),
+                                   lr=lr)
         self._record_initial_lr()
 
 
 def build_optimizer(kind: str, params_groups, lr: float, weight_decay: float, max_step: int,
-                    momentum: float | None = None, power: float = 0.9):
+                    momentum: float | None = None, power: float = 0.9,
+                    lr_mults: Sequence[float] = LR_MULT):
     """``--optimizer`` of the stage scripts: 'sgd' (the original, :class:`PolyOptimizer`) or
-    'adamw' (:class:`PolyAdamW`; ``momentum`` is ignored)."""
+    'adamw' (:class:`PolyAdamW`; ``momentum`` is ignored); ``--lr_mults`` gives ``lr_mults``."""
     if kind == "sgd":
-        return PolyOptimizer(params_groups, lr, weight_decay, max_step, momentum, power)
+        return PolyOptimizer(params_groups, lr, weight_decay, max_step, momentum, power, lr_mults)
     if kind == "adamw":
-        return PolyAdamW(params_groups, lr, weight_decay, max_step, power)
+        return PolyAdamW(params_groups, lr, weight_decay, max_step, power, lr_mults)
     raise ValueError(f"unknown optimizer {kind!r}; expected 'sgd' or 'adamw'")

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from lib import dist
 from lib.io import atomic_path
+from lib.optim import LR_MULT
 
 
 def add_common_train_args(p: argparse.ArgumentParser) -> None:
@@ -43,6 +44,12 @@ def add_common_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
                    help="sgd = the original's poly SGD; adamw = poly AdamW with the same groups, "
                         "for training from random initialisation (the CPU demo)")
+    p.add_argument("--lr_mults", type=float, nargs=4, default=list(LR_MULT),
+                   metavar=("W", "B", "NEW_W", "NEW_B"),
+                   help="learning-rate multipliers of the four groups: backbone weights, backbone "
+                        "biases, new layers' weights, new biases (default: the original's "
+                        "1 2 10 20; the from-scratch demo uses 1 1 1 1, since no layer is "
+                        "pretrained)")
 
 
 def add_weak_stage_args(p: argparse.ArgumentParser, session_default: str) -> None:

@@ -40,6 +40,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--crf_alphas", type=float, nargs="+", default=[2.0, 4.0])
     p.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
     p.add_argument("--no_flip", action="store_true")
+    p.add_argument("--cam_source", default="softmax", choices=["softmax", "relu_logits"],
+                   help="softmax = the original's label-conditioned channel softmax (background "
+                        "channel included); relu_logits = ReLU of the foreground logits, the classic "
+                        "CAM (PSA), for networks whose background channel is untrained (the demo "
+                        "trains stage 1 from scratch with GAP)")
+    p.add_argument("--cam_power", type=float, default=1.0,
+                   help="raise the normalised CAMs to this power before saving and the CRF (1 = the "
+                        "original). >1 narrows maps that are too wide for the fixed background "
+                        "rules downstream (threshold, (1 - max)^alpha), e.g. relu_logits CAMs")
     p.add_argument("--backbone_width", type=float, default=1.0)
     p.add_argument("--num_workers", type=int, default=2, help="data-loading workers")
     p.add_argument("--crf_workers", type=int, default=2, help="processes running the dense CRF")
@@ -51,17 +60,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @torch.no_grad()
 def multiscale_cam(model, images: list[torch.Tensor], label: torch.Tensor, size: tuple[int, int],
-                   flip: bool) -> torch.Tensor:
-    """Mean over passes of the label-conditioned foreground probabilities, (C, H, W).
+                   flip: bool, source: str = "softmax") -> torch.Tensor:
+    """Mean over passes of the label-conditioned foreground maps, (C, H, W).
 
     images: per scale a (2 or 1, 3, h, w) batch (original, h-flipped); label: (C,) multi-hot.
+    source 'softmax': p = (0.5 cam + 0.5 cam_rv) * [1, y], renormalised over channels;
+    'relu_logits': p = ReLU(0.5 cam_logits + 0.5 cam_rv_logits) * [1, y] (no renormalisation).
     """
     cond = torch.cat([label.new_ones(1), label]).view(1, -1, 1, 1)
     acc, n = None, 0
     for x in images:
-        cam, cam_rv = model.forward_cam(x)
-        p = (0.5 * cam + 0.5 * cam_rv) * cond
-        p = p / p.sum(1, keepdim=True).clamp_min(1e-8)
+        if source == "relu_logits":
+            logits, rv_logits = model.forward_cam_logits(x)
+            p = torch.relu(0.5 * logits + 0.5 * rv_logits) * cond
+        else:
+            cam, cam_rv = model.forward_cam(x)
+            p = (0.5 * cam + 0.5 * cam_rv) * cond
+            p = p / p.sum(1, keepdim=True).clamp_min(1e-8)
         p = F.interpolate(p[:, 1:], size=size, mode="bilinear", align_corners=False)
         if flip and p.shape[0] == 2:
             p = torch.stack([p[0], p[1].flip(-1)])
@@ -70,14 +85,18 @@ def multiscale_cam(model, images: list[torch.Tensor], label: torch.Tensor, size:
     return acc / n
 
 
-def normalise_cams(mean_cam: torch.Tensor, label: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the per-pixel maximal class, divide each class map by its max; present classes only.
+def normalise_cams(mean_cam: torch.Tensor, label: torch.Tensor,
+                   power: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the per-pixel maximal class, divide each class map by its max, raise to ``power``;
+    present classes only.
 
     Returns (keys (K,) foreground ids, cams (K,H,W) float32 in [0, 1]).
     """
     winner = mean_cam.argmax(0, keepdim=True)
     m = torch.zeros_like(mean_cam).scatter_(0, winner, mean_cam.gather(0, winner))
     m = m / (m.flatten(1).max(1).values.view(-1, 1, 1) + 1e-5)
+    if power != 1.0:
+        m = m.pow(power)
     keys = torch.nonzero(label > 0).flatten()
     return keys.cpu().numpy(), m[keys].cpu().numpy().astype(np.float32)
 
@@ -122,8 +141,9 @@ def main(argv=None) -> None:
                 image = image.numpy() if torch.is_tensor(image) else image
                 label = torch.as_tensor(item["label"], dtype=torch.float32, device=device)
                 mean_cam = multiscale_cam(model, [x.to(device) for x in item["images"]], label,
-                                          image.shape[:2], flip=not args.no_flip)
-                keys, cams = normalise_cams(mean_cam, label)
+                                          image.shape[:2], flip=not args.no_flip,
+                                          source=args.cam_source)
+                keys, cams = normalise_cams(mean_cam, label, args.cam_power)
                 save_cam(out_cam / f"{item['id']}.npz", keys, cams)
                 if crf_dirs:
                     job = (np.ascontiguousarray(image), keys, cams,

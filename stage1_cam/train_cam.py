@@ -39,6 +39,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resize_long", type=int, nargs=2, default=(448, 768),
                    help="RandomResizeLong range of the long side")
     p.add_argument("--cls_labels", default=None, help="image-level labels npz (default: the layout's)")
+    p.add_argument("--view2_scale", type=float, default=VIEW2_SCALE,
+                   help="SEAM's second view: the crop bilinearly downscaled by this factor (0.3, the "
+                        "original). Small crops need a larger factor: 0.3 of a 96 px demo crop is a "
+                        "4x4 CAM whose every cell touches the zero-padded border")
     # ICAM's flags.
     p.add_argument("--loss_weight", type=float, default=0.8,
                    help="w: (1-w) GAP + w importance sampling (0 = GAP only, 1 = IS only)")
@@ -73,7 +77,8 @@ def stage1_loss(model, img1, label, args, generator=None, loss_weight=None):
 
     ``loss_weight`` overrides ``args.loss_weight`` (the warm-up schedule).
     """
-    img2 = F.interpolate(img1, scale_factor=VIEW2_SCALE, mode="bilinear", align_corners=True)
+    img2 = F.interpolate(img1, scale_factor=getattr(args, "view2_scale", VIEW2_SCALE),
+                         mode="bilinear", align_corners=True)
     out1 = model(img1)
     out2 = model(img2)
     w = args.loss_weight if loss_weight is None else loss_weight
@@ -119,7 +124,8 @@ def main(argv=None) -> None:
         disable_dropout(model)
     max_step = args.max_steps or steps_per_epoch(len(dataset), args.batch_size) * args.max_epoches
     optimizer = build_optimizer(args.optimizer, model.param_groups(), lr=args.lr,
-                                weight_decay=args.wt_dec, max_step=max_step, momentum=args.momentum)
+                                weight_decay=args.wt_dec, max_step=max_step,
+                                momentum=args.momentum, lr_mults=args.lr_mults)
     run = TrainingRun(args, "train_cam", args.batch_size, max_step)
     model, start = run.start(model, optimizer, device, world, {"num_images": len(dataset)})
     sample_gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + rank)

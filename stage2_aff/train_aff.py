@@ -71,7 +71,8 @@ def main(argv=None) -> None:
         disable_dropout(model)
     max_step = args.max_steps or steps_per_epoch(len(dataset), args.batch_size) * args.max_epoches
     optimizer = build_optimizer(args.optimizer, model.param_groups(), lr=args.lr,
-                                weight_decay=args.wt_dec, max_step=max_step, momentum=args.momentum)
+                                weight_decay=args.wt_dec, max_step=max_step,
+                                momentum=args.momentum, lr_mults=args.lr_mults)
     run = TrainingRun(args, "train_aff", args.batch_size, max_step)
     model, start = run.start(model, optimizer, device, world, {"num_images": len(dataset)})
     model.train()  # the network keeps its BatchNorm frozen (eval mode) itself

@@ -205,7 +205,8 @@ def main(argv=None) -> None:
     # SEAM's segmentation schedule: lr_t = LR (1 - t / (ITERATIONS + 1))^POWER, t = 0..ITERATIONS-1.
     optimizer = build_optimizer(args.optimizer, model.param_groups(), lr=cfg["LR"],
                                 weight_decay=cfg["WEIGHT_DECAY"], max_step=max_step + 1,
-                                momentum=cfg["MOMENTUM"], power=cfg["POWER"])
+                                momentum=cfg["MOMENTUM"], power=cfg["POWER"],
+                                lr_mults=args.lr_mults)
     run = TrainingRun(args, "train_seg", cfg["BATCH"], max_step)
     model, start = run.start(model, optimizer, device, world,
                              {"config": cfg, "num_images": len(dataset),

@@ -119,6 +119,11 @@ class CAMNet(ResNet38d):
         logits, rv_logits = self._heads(x)
         return torch.softmax(logits, dim=1), torch.softmax(rv_logits, dim=1)
 
+    @torch.no_grad()
+    def forward_cam_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: x (N, 3, H, W) -> (cam_logits, cam_rv_logits), (N, K, h, w), no softmax."""
+        return self._heads(x)
+
     def param_groups(self) -> list[list[nn.Parameter]]:
         """[pretrained conv weights, pretrained biases, new weights (fc8, f8_3, f8_4, f9), new
         biases]; Conv2d parameters only, frozen ones (conv1a, b2*) excluded."""
