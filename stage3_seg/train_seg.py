@@ -198,6 +198,13 @@ def main(argv=None) -> None:
             raise SystemExit(f"train_seg: {e}") from None
     elif dist.is_main():
         print("train_seg: random initialisation (no ImageNet weights)", file=sys.stderr)
+        if cfg["BN_MOMENTUM"] * cfg["ITERATIONS"] < 3.0:
+            # Inference uses the running statistics; with a tiny momentum they stay at their
+            # initial values (mean 0, var 1) unless the trunk was pretrained.
+            print(f"train_seg: WARNING: BN_MOMENTUM={cfg['BN_MOMENTUM']} over {cfg['ITERATIONS']} "
+                  "iterations leaves the BatchNorm running statistics near their random-init "
+                  "values, and eval-mode predictions degrade (often to all background); from "
+                  "scratch use --set BN_MOMENTUM=0.1", file=sys.stderr)
     if world > 1 and device.type == "cuda" and args.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 

@@ -100,3 +100,31 @@ def test_poly_adamw_follows_the_same_schedule_and_groups():
     assert opt2.global_step == 3
     with pytest.raises(ValueError, match="unknown optimizer"):
         build_optimizer("rmsprop", [[w[0]], [], [], []], 0.1, 0.0, 10)
+
+
+def test_lr_mults_replace_the_group_multipliers():
+    """--lr_mults W B NEW_W NEW_B: group lr = lr * mult for both optimisers; the default is the
+    original's 1, 2, 10, 20; anything but four multipliers is refused."""
+    from lib.optim import LR_MULT, build_optimizer
+
+    assert tuple(LR_MULT) == (1.0, 2.0, 10.0, 20.0)
+    w = [torch.nn.Parameter(torch.ones(1)) for _ in range(4)]
+    for kind in ("sgd", "adamw"):
+        opt = build_optimizer(kind, [[p] for p in w], lr=0.1, weight_decay=0.0, max_step=10,
+                              lr_mults=(1, 1, 1, 1))
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1] * 4)
+        opt = build_optimizer(kind, [[p] for p in w], lr=0.1, weight_decay=0.0, max_step=10,
+                              lr_mults=(3, 0.5, 2, 4))
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.3, 0.05, 0.2, 0.4])
+    with pytest.raises(ValueError, match="4 learning-rate multipliers"):
+        make_param_groups([[p] for p in w], lr=0.1, lr_mults=(1, 1))
+
+
+@pytest.mark.parametrize("module", ["stage1_cam.train_cam", "stage2_aff.train_aff"])
+def test_lr_mults_flag_default_and_override(module):
+    import importlib
+
+    parse_args = importlib.import_module(module).parse_args
+    base = ["--voc12_root", "x", "--la_crf_dir", "a", "--ha_crf_dir", "b"][: 2 if "cam" in module else 6]
+    assert parse_args(base).lr_mults == [1.0, 2.0, 10.0, 20.0]
+    assert parse_args([*base, "--lr_mults", "1", "1", "1", "1"]).lr_mults == [1.0] * 4

@@ -352,6 +352,54 @@ def test_multiscale_cam_hand_computed_pixel():
     assert got.shape == (2, 2, 3) and torch.allclose(got, got[:, :1, :1].expand(2, 2, 3))
 
 
+def test_multiscale_cam_relu_logits_hand_computed_pixel():
+    """--cam_source relu_logits: logits [.4, 2, -1], rv logits [.2, 1, 3], y = [1, 1] ->
+    ReLU(0.5 l + 0.5 l_rv) = ReLU([.3, 1.5, 1]) -> fg [1.5, 1], no renormalisation; an absent
+    class is zeroed and a negative logit gives 0."""
+    class Const:
+        def forward_cam_logits(self, x):
+            n = x.shape[0]
+            lg = torch.tensor([0.4, 2.0, -1.0]).view(1, 3, 1, 1).expand(n, 3, 1, 1)
+            rv = torch.tensor([0.2, 1.0, 3.0]).view(1, 3, 1, 1).expand(n, 3, 1, 1)
+            return lg, rv
+
+        def forward_cam(self, x):  # must not be used for this source
+            raise AssertionError("softmax path used")
+
+    images = [torch.zeros(2, 3, 1, 1)]
+    got = multiscale_cam(Const(), images, torch.tensor([1.0, 1.0]), (1, 1), flip=True,
+                         source="relu_logits")
+    np.testing.assert_allclose(got[:, 0, 0].numpy(), [1.5, 1.0], rtol=1e-6)
+    got = multiscale_cam(Const(), images, torch.tensor([1.0, 0.0]), (1, 1), flip=True,
+                         source="relu_logits")
+    np.testing.assert_allclose(got[:, 0, 0].numpy(), [1.5, 0.0], rtol=1e-6)
+
+
+def test_relu_logits_cam_of_the_real_network():
+    """forward_cam_logits returns the logits whose softmax forward_cam returns."""
+    torch.manual_seed(0)
+    model = build_model("cam", num_classes=NUM_CLASSES, width=float(WIDTH)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    logits, rv_logits = model.forward_cam_logits(x)
+    cam, cam_rv = model.forward_cam(x)
+    assert torch.allclose(torch.softmax(logits, 1), cam, atol=1e-6)
+    assert torch.allclose(torch.softmax(rv_logits, 1), cam_rv, atol=1e-6)
+
+
+def test_normalise_cams_power():
+    """--cam_power g raises the normalised maps to g (1 = unchanged); the winner rule and the
+    per-class max normalisation come first."""
+    mean_cam = torch.tensor([[[0.2, 0.8], [0.4, 0.0]], [[0.5, 0.1], [0.0, 0.0]]])
+    label = torch.tensor([1.0, 1.0])
+    _, plain = normalise_cams(mean_cam, label)
+    keys, sq = normalise_cams(mean_cam, label, power=2.0)
+    np.testing.assert_array_equal(keys, [0, 1])
+    want0 = (np.array([[0.0, 0.8], [0.4, 0.0]]) / (0.8 + 1e-5)) ** 2
+    want1 = (np.array([[0.5, 0.0], [0.0, 0.0]]) / (0.5 + 1e-5)) ** 2
+    np.testing.assert_allclose(sq, np.stack([want0, want1]), rtol=1e-5)
+    np.testing.assert_allclose(sq, plain ** 2, rtol=1e-5)
+
+
 def test_normalise_cams_hand_computed():
     m0 = [[0.2, 0.6], [0.1, 0.0]]
     m1 = [[0.0, 0.0], [0.0, 0.0]]
@@ -425,6 +473,26 @@ def test_stage1_loss_fsl_term():
     assert float(loss.detach() - loss0.detach()) == pytest.approx(0.5 * fsl, rel=1e-3, abs=1e-6)
     assert parts["total"] == pytest.approx(
         parts["cls"] + parts["er"] + parts["ecr"] + 0.5 * parts["fsl"], rel=1e-5)
+
+
+def test_stage1_loss_view2_scale():
+    """The second view is the crop downscaled by --view2_scale (0.3 by default, SEAM's)."""
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            return self.net(x)
+
+    for flags, side in (((), 19), (("--view2_scale", "0.5"), 32)):
+        args, model, img, label = _loss_setup("--no-fsl", *flags)
+        seen.clear()
+        stage1_loss(Recording(model.eval()), img, label, args, torch.Generator().manual_seed(0))
+        assert seen == [(64, 64), (side, side)]
 
 
 def test_loss_weight_warmup_schedule():

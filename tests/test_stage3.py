@@ -167,6 +167,8 @@ def trained(synth, tmp_path_factory):
 def test_two_step_cpu_training_writes_a_strictly_loadable_checkpoint(trained):
     session, r = trained
     assert "RANDOM initialisation" in r.stderr  # no ImageNet weights on the test machine
+    # 3e-4 x 2 iterations from random init: the BN statistics cannot settle, and it says so.
+    assert "WARNING: BN_MOMENTUM=0.0003 over 2 iterations" in r.stderr
     raw = torch.load(f"{session}.pth", weights_only=True, map_location="cpu")
     assert not any(k.startswith("module.") for k in raw)
     model = _fresh_model()
@@ -179,6 +181,12 @@ def test_two_step_cpu_training_writes_a_strictly_loadable_checkpoint(trained):
     assert run["config"]["BACKBONE_WIDTH"] == 0.0625 and run["world_size"] == 1
     assert Path(f"{session}.state.pth").is_file()
     assert list(Path(f"{session}_tb").glob("events.out.tfevents.*"))
+
+
+def test_no_bn_momentum_warning_when_the_statistics_can_settle(synth, tmp_path):
+    r = _run([*_train_args(synth, tmp_path / "final"), "--set", "BN_MOMENTUM=0.2",
+              "--max_steps", "30"])
+    assert "random initialisation" in r.stderr.lower() and "BN_MOMENTUM" not in r.stderr
 
 
 def test_torchrun_two_processes_produce_the_same_checkpoint_keys(synth, trained, tmp_path):
