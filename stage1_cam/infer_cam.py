@@ -5,6 +5,9 @@ label-conditioned (multiply by [1, y], renormalise over channels), foreground ch
 to the image and un-flipped; the mean M (C,H,W) keeps only the maximal class per pixel and each
 class map is divided by its maximum. Saves ``<out_cam>/<id>.npz`` (lib.io CAM format) and, for
 each alpha, the CRF of [(1 - max_k M_k)^alpha, M_present] as ``<out_crf>/alpha_<a>/<id>.npz``.
+For networks trained from scratch (the demo), ``--cam_source relu_logits`` replaces the softmax
+by ReLU'd foreground logits and ``--cam_power`` narrows the maps (``multiscale_cam``,
+``normalise_cams``).
 
 Usage: python -m stage1_cam.infer_cam --weights cam.pth --infer_list val --voc12_root DIR \
          --out_cam EXP/plabels/val/cam --out_crf EXP/plabels/val/crf

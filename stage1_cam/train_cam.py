@@ -77,8 +77,7 @@ def stage1_loss(model, img1, label, args, generator=None, loss_weight=None):
 
     ``loss_weight`` overrides ``args.loss_weight`` (the warm-up schedule).
     """
-    img2 = F.interpolate(img1, scale_factor=getattr(args, "view2_scale", VIEW2_SCALE),
-                         mode="bilinear", align_corners=True)
+    img2 = F.interpolate(img1, scale_factor=args.view2_scale, mode="bilinear", align_corners=True)
     out1 = model(img1)
     out2 = model(img2)
     w = args.loss_weight if loss_weight is None else loss_weight
