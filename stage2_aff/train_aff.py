@@ -96,5 +96,6 @@ def main(argv=None) -> None:
                         "neg_cnt": float(neg.sum()), "lr": optimizer.param_groups[0]["lr"]})
     run.finish(model, optimizer, step)
 
+
 if __name__ == "__main__":
     main()

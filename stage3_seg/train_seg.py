@@ -234,9 +234,10 @@ def main(argv=None) -> None:
         run.after_step(step, model, optimizer, {**parts, "lr": optimizer.param_groups[0]["lr"]})
         if run.logger.writer is not None and args.image_every and step % args.image_every == 0:
             run.logger.writer.add_image("train/pred_vs_pseudo_label",
-                                    overlay_panel(img[0], logits[0], label[0]), step,
-                                    dataformats="HWC")
+                                        overlay_panel(img[0], logits[0], label[0]), step,
+                                        dataformats="HWC")
     run.finish(model, optimizer, step)
+
 
 if __name__ == "__main__":
     main()

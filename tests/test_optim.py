@@ -120,11 +120,13 @@ def test_lr_mults_replace_the_group_multipliers():
         make_param_groups([[p] for p in w], lr=0.1, lr_mults=(1, 1))
 
 
-@pytest.mark.parametrize("module", ["stage1_cam.train_cam", "stage2_aff.train_aff"])
-def test_lr_mults_flag_default_and_override(module):
+@pytest.mark.parametrize("module, base", [
+    ("stage1_cam.train_cam", ["--voc12_root", "x"]),
+    ("stage2_aff.train_aff", ["--voc12_root", "x", "--la_crf_dir", "a", "--ha_crf_dir", "b"]),
+])
+def test_lr_mults_flag_default_and_override(module, base):
     import importlib
 
     parse_args = importlib.import_module(module).parse_args
-    base = ["--voc12_root", "x", "--la_crf_dir", "a", "--ha_crf_dir", "b"][: 2 if "cam" in module else 6]
     assert parse_args(base).lr_mults == [1.0, 2.0, 10.0, 20.0]
     assert parse_args([*base, "--lr_mults", "1", "1", "1", "1"]).lr_mults == [1.0] * 4

@@ -111,18 +111,19 @@ class CAMNet(ResNet38d):
         return CAMOutput(pred, cam, logits, cam_rv, rv_logits)
 
     @torch.no_grad()
-    def forward_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference: x (N, 3, H, W) -> (cam, cam_rv), softmax probabilities (N, K, h, w).
+    def forward_cam_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: x (N, 3, H, W) -> (cam_logits, cam_rv_logits), (N, K, h, w), no softmax.
 
         Runs under ``no_grad``; call ``model.eval()`` first (dropout).
         """
-        logits, rv_logits = self._heads(x)
-        return torch.softmax(logits, dim=1), torch.softmax(rv_logits, dim=1)
+        return self._heads(x)
 
     @torch.no_grad()
-    def forward_cam_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference: x (N, 3, H, W) -> (cam_logits, cam_rv_logits), (N, K, h, w), no softmax."""
-        return self._heads(x)
+    def forward_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: x (N, 3, H, W) -> (cam, cam_rv), softmax probabilities (N, K, h, w), the
+        channel softmax of :meth:`forward_cam_logits` (same ``eval()`` rule)."""
+        logits, rv_logits = self.forward_cam_logits(x)
+        return torch.softmax(logits, dim=1), torch.softmax(rv_logits, dim=1)
 
     def param_groups(self) -> list[list[nn.Parameter]]:
         """[pretrained conv weights, pretrained biases, new weights (fc8, f8_3, f8_4, f9), new
