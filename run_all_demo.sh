@@ -2,7 +2,8 @@
 # The whole ICAM pipeline on the procedurally generated VOC-format dataset, on the CPU, in minutes.
 # `make demo` runs this inside .venv. Sizes are tuned for a 2-core laptop; override by env vars:
 #   DEMO_NUM_TRAIN, DEMO_NUM_VAL, DEMO_SIZE (image side), DEMO_WIDTH (ResNet-38 width multiplier),
-#   DEMO_CAM_STEPS, DEMO_AFF_STEPS, DEMO_SEG_STEPS, EXPDIR, NPROC, STAGES.
+#   DEMO_CAM_STEPS, DEMO_AFF_STEPS, DEMO_SEG_STEPS, DEMO_SEED (the --seed of the three trainings),
+#   EXPDIR, NPROC, STAGES.
 set -euo pipefail
 cd "$(dirname "$0")"
 export PYTHON=${PYTHON:-python}
@@ -21,6 +22,7 @@ CAM_STEPS=${DEMO_CAM_STEPS:-1200}
 AFF_STEPS=${DEMO_AFF_STEPS:-1000}
 SEG_STEPS=${DEMO_SEG_STEPS:-800}
 BATCH=${DEMO_BATCH:-8}
+SEED=${DEMO_SEED:-0}
 CROP=$SIZE
 
 mkdir -p "$EXPDIR/logs"
@@ -45,12 +47,12 @@ fi
 #  - stage 3: BN momentum 0.1 (the original's 3e-4 leaves random-init statistics unchanged).
 # Extra flags in DEMO_<STAGE>_ARGS are appended, so they override these.
 SCRATCH="--no-frozen_bn --no-dropout --optimizer adamw --lr ${DEMO_LR:-0.001} --lr_mults 1 1 1 1"
-COMMON="--backbone_width $WIDTH --batch_size $BATCH --num_workers 1 --device cpu --threads ${OMP_NUM_THREADS}"
+COMMON="--seed $SEED --backbone_width $WIDTH --batch_size $BATCH --num_workers 1 --device cpu --threads ${OMP_NUM_THREADS}"
 export CAM_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 5 / 4)) --max_steps $CAM_STEPS $SCRATCH --loss_weight 0 --rv_pooling avg --no-fsl ${DEMO_CAM_TRAIN_ARGS:-}"
 export CAM_INFER_ARGS="--backbone_width $WIDTH --num_workers 1 --crf_workers 2 --device cpu --cam_source relu_logits --cam_power 2.4 ${DEMO_CAM_INFER_ARGS:-}"
 export AFF_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 3 / 2)) --max_steps $AFF_STEPS $SCRATCH ${DEMO_AFF_TRAIN_ARGS:-}"
 export AFF_INFER_ARGS="--backbone_width $WIDTH --device cpu --alpha 4 --crf ${DEMO_AFF_INFER_ARGS:-}"
 export SEG_CONFIG=voc/config_voc2012.py
-export SEG_TRAIN_ARGS="--set BACKBONE_WIDTH=$WIDTH --set CROP=$CROP --set BATCH=$BATCH --set WORKERS=1 --set LR=${DEMO_SEG_LR:-0.001} --set BN_MOMENTUM=0.1 --optimizer adamw --no-dropout --max_steps $SEG_STEPS --device cpu ${DEMO_SEG_TRAIN_ARGS:-}"
+export SEG_TRAIN_ARGS="--set BACKBONE_WIDTH=$WIDTH --set CROP=$CROP --set BATCH=$BATCH --set WORKERS=1 --set LR=${DEMO_SEG_LR:-0.001} --set BN_MOMENTUM=0.1 --seed $SEED --optimizer adamw --no-dropout --max_steps $SEG_STEPS --device cpu ${DEMO_SEG_TRAIN_ARGS:-}"
 export SEG_INFER_ARGS="--set BACKBONE_WIDTH=$WIDTH --workers 2 --device cpu ${DEMO_SEG_INFER_ARGS:-}"
 source tools/pipeline.sh

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,3 +86,18 @@ def test_failed_step_stops_the_runner_with_its_log(tmp_path):
     assert out.returncode != 0
     assert "[FAIL] train_cam" in out.stderr and "--no_such_flag" in out.stderr
     assert not (tmp_path / "bad" / ".done" / "train_cam").exists()
+
+
+def test_demo_seed_reaches_every_training(demo, tmp_path):
+    expdir, _ = demo
+    for ck in ("cam", "aff", "final"):
+        assert json.loads((expdir / "ckpts" / f"{ck}.config.json").read_text())["seed"] == 0, ck
+    out = run_demo(tmp_path / "seed7", DEMO_SEED="7", STAGES="1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    config = json.loads((tmp_path / "seed7/ckpts/cam.config.json").read_text())
+    assert config["seed"] == 7
+    # Another seed is another initialisation: the trained weights differ from the seed-0 run's.
+    a = torch.load(expdir / "ckpts/cam.pth", weights_only=True)
+    b = torch.load(tmp_path / "seed7/ckpts/cam.pth", weights_only=True)
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
