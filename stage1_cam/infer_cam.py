@@ -98,10 +98,11 @@ def normalise_cams(mean_cam: torch.Tensor, label: torch.Tensor,
     winner = mean_cam.argmax(0, keepdim=True)
     m = torch.zeros_like(mean_cam).scatter_(0, winner, mean_cam.gather(0, winner))
     m = m / (m.flatten(1).max(1).values.view(-1, 1, 1) + 1e-5)
+    keys = torch.nonzero(label > 0).flatten()
+    m = m[keys]
     if power != 1.0:
         m = m.pow(power)
-    keys = torch.nonzero(label > 0).flatten()
-    return keys.cpu().numpy(), m[keys].cpu().numpy().astype(np.float32)
+    return keys.cpu().numpy(), m.cpu().numpy().astype(np.float32)
 
 
 def _crf_job(job) -> None:
