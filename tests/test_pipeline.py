@@ -44,6 +44,26 @@ def test_results_json_schema(demo):
     assert f"{100 * res['final']['miou']:6.2f}" in first.stdout
 
 
+def test_demo_notes_a_final_miou_below_its_target(demo):
+    """The demo prints a note when the final val mIoU misses TARGET_MIOU (0.70 by default)."""
+    expdir, first = demo
+    miou = json.loads((expdir / "results.json").read_text())["final"]["miou"]
+    assert miou < 0.70  # 2 steps per stage on 8 images
+    assert f"note: the final val mIoU, {100 * miou:.2f} %, is below the target of 70.00 %" in first.stdout
+
+
+def test_target_note():
+    from tools.collect_results import target_note
+
+    res = {"final": {"miou": 0.6543, "contour_f": 0.5}}
+    note = target_note(res, 0.70)
+    assert note.startswith("note: the final val mIoU, 65.43 %, is below the target of 70.00 %")
+    assert target_note(res, 0.6543) is None      # reaching the target is not missing it
+    assert target_note(res, 0.60) is None
+    assert target_note(res, None) is None
+    assert target_note({"final": {"miou": None, "contour_f": None}}, 0.70) is None  # no stage 3
+
+
 def test_every_stage_wrote_its_artifacts(demo):
     expdir, _ = demo
     val_ids = (expdir / "data/synthetic/ImageSets/Segmentation/val.txt").read_text().split()

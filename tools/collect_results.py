@@ -53,11 +53,25 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def target_note(res: dict, target: float | None) -> str | None:
+    """A note when the final val mIoU is below ``target`` (a fraction); None when it is not, or
+    when stage 3 has not been evaluated."""
+    miou = res["final"]["miou"]
+    if target is None or miou is None or miou >= target:
+        return None
+    return (f"note: the final val mIoU, {100 * miou:.2f} %, is below the target of "
+            f"{100 * target:.2f} %. Trained from random initialisation, the demo's result depends "
+            "on the CPU and the seed (README, Troubleshooting); try another DEMO_SEED with its "
+            "own EXPDIR.")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--expdir", required=True)
     p.add_argument("--val_split", default="val")
     p.add_argument("--train_split", default="train")
+    p.add_argument("--target_miou", type=float, default=None,
+                   help="print a note when the final val mIoU (a fraction) is below this")
     args = p.parse_args(argv)
     expdir = Path(args.expdir)
     res = collect(expdir, args.val_split, args.train_split)
@@ -66,6 +80,9 @@ def main(argv=None) -> None:
     print("\nICAM results (mIoU and contour F-score in %)")
     print(format_table(res))
     print(f"written {expdir / 'results.json'}")
+    note = target_note(res, args.target_miou)
+    if note:
+        print(note)
 
 
 if __name__ == "__main__":

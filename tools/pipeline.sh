@@ -16,6 +16,7 @@
 #                            extra flags appended to each stage's command
 #   SEG_CONFIG [voc/config_voc2012.py]   stage-3 config file
 #   WEIGHTS                  ImageNet ResNet-38 weights (.params or .pth); 'none' = from scratch
+#   TARGET_MIOU              optional: print a note when the final val mIoU (a fraction) is below it
 set -euo pipefail
 
 DATASET=${DATASET:-voc}
@@ -125,4 +126,5 @@ if [[ " $STAGES " == *" 3 "* ]]; then
   done
 fi
 
-"$PYTHON" -m tools.collect_results --expdir "$EXPDIR" --val_split "$VAL_SPLIT" --train_split "$EVAL_TRAIN_SPLIT"
+"$PYTHON" -m tools.collect_results --expdir "$EXPDIR" --val_split "$VAL_SPLIT" --train_split "$EVAL_TRAIN_SPLIT" \
+  ${TARGET_MIOU:+--target_miou "$TARGET_MIOU"}
