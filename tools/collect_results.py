@@ -60,9 +60,7 @@ def target_note(res: dict, target: float | None) -> str | None:
     if target is None or miou is None or miou >= target:
         return None
     return (f"note: the final val mIoU, {100 * miou:.2f} %, is below the target of "
-            f"{100 * target:.2f} %. Trained from random initialisation, the demo's result depends "
-            "on the CPU and the seed (README, Troubleshooting); try another DEMO_SEED with its "
-            "own EXPDIR.")
+            f"{100 * target:.2f} % (TARGET_MIOU); the README's Troubleshooting says what to try.")
 
 
 def main(argv=None) -> None:
