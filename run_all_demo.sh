@@ -37,8 +37,9 @@ fi
 # The demo has no ImageNet weights: every network starts from random initialisation, where the
 # original regime does not work. Each deviation is a flag (defaults stay the paper's); why each is
 # needed is in the README section "Why the demo deviates from the paper":
-#  - all stages: BN statistics train, no dropout, poly AdamW, one learning rate for every layer
-#    (the 10x/20x multipliers exist for new layers on top of a pretrained trunk);
+#  - all stages: BN statistics train, no dropout, poly AdamW;
+#  - stages 1 and 2: one learning rate for every layer (the 10x/20x multipliers exist for new
+#    layers on top of a pretrained trunk); stage 3 keeps them (with 1 1 1 1 it was no better);
 #  - stage 1: GAP classification only (no importance sampling, no max-pooled revised-CAM loss,
 #    no FSL): from scratch those pixel-selecting losses collapse onto a zero-padding "register"
 #    at the image border; CAMs from the ReLU'd logits (the background channel is never trained),

@@ -50,6 +50,36 @@ def test_demo_notes_a_final_miou_below_its_target(demo):
     miou = json.loads((expdir / "results.json").read_text())["final"]["miou"]
     assert miou < 0.70  # 2 steps per stage on 8 images
     assert f"note: the final val mIoU, {100 * miou:.2f} %, is below the target of 70.00 %" in first.stdout
+    # ... after the per-class table that says which class each stage lost.
+    final = json.loads((expdir / "eval" / "final_val.json").read_text())["per_class_iou"]
+    table = first.stdout[first.stdout.index("per-class IoU on val (%)"):first.stdout.index("note:")]
+    assert len(table.strip().splitlines()) == 3 + len(final)   # title, header, rule, a row per class
+    for name, iou in final.items():
+        assert f"{100 * iou:8.2f}\n" in table.split(f"\n{name:<16}", 1)[1][:42]
+
+
+def test_per_class_table(tmp_path, capsys):
+    """Rows are classes, columns the evaluated stages in pipeline order; a missing stage has no
+    column and a class missing from one stage's file shows '-'."""
+    from tools.collect_results import main, per_class_table
+
+    assert per_class_table(tmp_path) is None
+    (tmp_path / "eval").mkdir()
+    for key, ious in {"final": {"background": 0.9648, "triangle": 0.0766},
+                      "cam": {"background": 0.8964, "triangle": 0.2712},
+                      "rw": {"background": 0.8629}}.items():
+        (tmp_path / "eval" / f"{key}_val.json").write_text(json.dumps(
+            {"per_class_iou": ious, "miou": 0.5, "contour_f": 0.5, "num_images": 2}))
+    assert per_class_table(tmp_path).splitlines() == [
+        "per-class IoU on val (%)",
+        "class                cam      rw   final",
+        "-" * 40,
+        "background         89.64   86.29   96.48",
+        "triangle           27.12       -    7.66"]
+    main(["--expdir", str(tmp_path)])                      # above no target: no table
+    assert "per-class" not in capsys.readouterr().out
+    main(["--expdir", str(tmp_path), "--per_class"])
+    assert "triangle           27.12       -    7.66" in capsys.readouterr().out
 
 
 def test_target_note():

@@ -53,6 +53,27 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def per_class_table(expdir: Path, split: str = "val") -> str | None:
+    """Per-class IoU (%) of every evaluated artifact on ``split``: a row per class, a column per
+    stage (CAM, CRF, RW, final), so a class that one stage lost stands out. None when nothing
+    was evaluated. Classes come in the order of the first evaluation file."""
+    ious = {}
+    for key, _ in ROWS:
+        f = expdir / "eval" / f"{key}_{split}.json"
+        if f.is_file():
+            ious[key] = json.loads(f.read_text())["per_class_iou"]
+    if not ious:
+        return None
+    classes = list(next(iter(ious.values())))
+    lines = [f"per-class IoU on {split} (%)",
+             f"{'class':<16}" + "".join(f"{key:>8}" for key in ious), "-" * (16 + 8 * len(ious))]
+    for name in classes:
+        cells = [ious[key].get(name) for key in ious]
+        lines.append(f"{name:<16}" + "".join("       -" if v is None else f"{100 * v:8.2f}"
+                                             for v in cells))
+    return "\n".join(lines)
+
+
 def target_note(res: dict, target: float | None) -> str | None:
     """A note when the final val mIoU is below ``target`` (a fraction); None when it is not, or
     when stage 3 has not been evaluated."""
@@ -69,7 +90,10 @@ def main(argv=None) -> None:
     p.add_argument("--val_split", default="val")
     p.add_argument("--train_split", default="train")
     p.add_argument("--target_miou", type=float, default=None,
-                   help="print a note when the final val mIoU (a fraction) is below this")
+                   help="print a note when the final val mIoU (a fraction) is below this, "
+                        "with the per-class IoU table that shows which class was lost")
+    p.add_argument("--per_class", action="store_true",
+                   help="also print the per-class IoU of every stage on the val split")
     args = p.parse_args(argv)
     expdir = Path(args.expdir)
     res = collect(expdir, args.val_split, args.train_split)
@@ -79,6 +103,10 @@ def main(argv=None) -> None:
     print(format_table(res))
     print(f"written {expdir / 'results.json'}")
     note = target_note(res, args.target_miou)
+    if args.per_class or note:
+        table = per_class_table(expdir, args.val_split)
+        if table:
+            print("\n" + table)
     if note:
         print(note)
 
