@@ -1,6 +1,7 @@
 """End-to-end: the demo runner on a tiny synthetic set, results.json, and idempotent reruns."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -109,7 +110,7 @@ def test_every_stage_wrote_its_artifacts(demo):
 def test_second_run_skips_every_step(demo):
     expdir, first = demo
     ran = [l.split()[2] for l in first.stdout.splitlines() if l.startswith("[run ]")]
-    assert len(ran) == 17
+    assert len(ran) == 18
     mtimes = {p: p.stat().st_mtime_ns for p in (expdir / "ckpts").glob("*.pth")}
     second = run_demo(expdir)
     assert second.returncode == 0, second.stderr[-2000:]
@@ -128,6 +129,32 @@ def test_stages_variable_reruns_only_the_named_stage(demo):
     ran = [l.split()[2] for l in out.stdout.splitlines() if l.startswith("[run ]")]
     assert ran == ["eval_final_val"]
     assert "train_cam" not in out.stdout  # stages 1 and 2 are not even visited
+
+
+def test_seg_labels_picks_stage_3_pseudo_labels(demo, tmp_path):
+    """The demo trains stage 3 on the alpha-4 CRF maps (SEG_LABELS=crf): label PNGs equal to the
+    CRF argmax; SEG_LABELS=rw (the paper's default in pipeline.sh) trains on the random walk."""
+    from lib.io import crf_to_label, load_crf, load_label_png
+
+    expdir, first = demo
+    crf_png = expdir / "plabels/train/crf_labels/alpha_4.0"
+    assert json.loads((expdir / "ckpts/final.config.json").read_text())["pseudo_gt"] == str(crf_png)
+    for npz in sorted((expdir / "plabels/train/crf/alpha_4.0").glob("*.npz")):
+        assert (load_label_png(crf_png / f"{npz.stem}.png") == crf_to_label(*load_crf(npz))).all()
+
+    rw = tmp_path / "rw"
+    shutil.copytree(expdir, rw)
+    for done in (rw / ".done").iterdir():
+        if done.name in {"train_seg", "crf_labels"} or "seg" in done.name or "final" in done.name:
+            done.unlink()
+    out = run_demo(rw, STAGES="3", SEG_LABELS="rw")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "crf_labels" not in out.stdout
+    assert json.loads((rw / "ckpts/final.config.json").read_text())["pseudo_gt"] == \
+        str(rw / "plabels/train/rw")
+
+    bad = run_demo(rw, STAGES="3", SEG_LABELS="cam")
+    assert bad.returncode == 2 and "SEG_LABELS must be rw or crf, not 'cam'" in bad.stderr
 
 
 def test_failed_step_stops_the_runner_with_its_log(tmp_path):

@@ -15,6 +15,8 @@
 #   CAM_TRAIN_ARGS, CAM_INFER_ARGS, AFF_TRAIN_ARGS, AFF_INFER_ARGS, SEG_TRAIN_ARGS, SEG_INFER_ARGS
 #                            extra flags appended to each stage's command
 #   SEG_CONFIG [voc/config_voc2012.py]   stage-3 config file
+#   SEG_LABELS [rw]          stage 3's pseudo-labels: rw (the paper: the random-walk labels of
+#                            stage 2) or crf (the alpha-4 CRF maps of stage 1, as label PNGs)
 #   WEIGHTS                  ImageNet ResNet-38 weights (.params or .pth); 'none' = from scratch
 #   TARGET_MIOU              optional: print a note when the final val mIoU (a fraction) is below it
 set -euo pipefail
@@ -28,6 +30,8 @@ TRAIN_SPLIT=${TRAIN_SPLIT:-train_aug}
 EVAL_TRAIN_SPLIT=${EVAL_TRAIN_SPLIT:-train}
 VAL_SPLIT=${VAL_SPLIT:-val}
 SEG_CONFIG=${SEG_CONFIG:-voc/config_voc2012.py}
+SEG_LABELS=${SEG_LABELS:-rw}
+case $SEG_LABELS in rw|crf) ;; *) echo "SEG_LABELS must be rw or crf, not '$SEG_LABELS'" >&2; exit 2;; esac
 WEIGHTS=${WEIGHTS:-pretrained/ilsvrc-cls_rna-a1_cls1000_ep-0001.params}
 : "${DATA_ROOT:?set DATA_ROOT to the dataset root}"
 read -r -a CAM_TRAIN_EXTRA <<< "${CAM_TRAIN_ARGS:-}"
@@ -114,8 +118,14 @@ if [[ " $STAGES " == *" 2 "* ]]; then
 fi
 
 if [[ " $STAGES " == *" 3 "* ]]; then
+  SEG_GT=$P/$TRAIN_SPLIT/rw
+  if [ "$SEG_LABELS" = crf ]; then
+    SEG_GT=$P/$TRAIN_SPLIT/crf_labels/alpha_4.0
+    step crf_labels 3 "$PYTHON" -m tools.crf_labels --crf_dir "$P/$TRAIN_SPLIT/crf/alpha_4.0" \
+      --out_dir "$SEG_GT"
+  fi
   step train_seg 3 launch stage3_seg.train_seg --config "$SEG_CONFIG" --data_root "$DATA_ROOT" \
-    --pseudo_gt "$P/$TRAIN_SPLIT/rw" --session_name "$EXPDIR/ckpts/final" --weights "$WEIGHTS" \
+    --pseudo_gt "$SEG_GT" --session_name "$EXPDIR/ckpts/final" --weights "$WEIGHTS" \
     --set NUM_CLASSES=$((NUM_CLASSES + 1)) \
     "${SEG_TRAIN_EXTRA[@]}"
   for split in "$VAL_SPLIT" "$EVAL_TRAIN_SPLIT"; do

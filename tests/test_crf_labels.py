@@ -1,0 +1,38 @@
+"""tools.crf_labels: CRF artifacts -> label PNGs for stage 3 (SEG_LABELS=crf)."""
+import numpy as np
+import pytest
+
+from lib.io import load_label_png, save_crf
+from tools.crf_labels import convert, main
+
+
+def test_labels_are_the_class_ids_of_the_argmax_channel(tmp_path):
+    # keys: background, class 2 (id 3), class 14 (id 15); hand-placed winners per pixel.
+    probs = np.zeros((3, 2, 3), np.float32)
+    probs[0] = [[0.6, 0.1, 0.2], [0.3, 0.3, 0.9]]
+    probs[1] = [[0.3, 0.8, 0.1], [0.6, 0.2, 0.05]]
+    probs[2] = [[0.1, 0.1, 0.7], [0.1, 0.5, 0.05]]
+    save_crf(tmp_path / "crf" / "a.npz", [0, 3, 15], probs)
+    main(["--crf_dir", str(tmp_path / "crf"), "--out_dir", str(tmp_path / "png")])
+    assert load_label_png(tmp_path / "png" / "a.png").tolist() == [[0, 3, 15], [3, 15, 0]]
+
+
+def test_rerun_keeps_finished_labels_unless_overwrite(tmp_path):
+    save_crf(tmp_path / "crf" / "a.npz", [0, 1], np.stack([np.zeros((2, 2)), np.ones((2, 2))]))
+    assert convert(tmp_path / "crf", tmp_path / "png") == 1
+    (tmp_path / "png" / "a.png").write_bytes(b"kept")
+    assert convert(tmp_path / "crf", tmp_path / "png") == 0
+    assert (tmp_path / "png" / "a.png").read_bytes() == b"kept"
+    assert convert(tmp_path / "crf", tmp_path / "png", overwrite=True) == 1
+    assert load_label_png(tmp_path / "png" / "a.png").tolist() == [[1, 1], [1, 1]]
+
+
+def test_bad_input_names_the_folder_or_file(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no CRF artifacts.*empty"):
+        convert(tmp_path / "empty", tmp_path / "png")
+    (tmp_path / "crf").mkdir()
+    (tmp_path / "crf" / "broken.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="broken.npz"):
+        convert(tmp_path / "crf", tmp_path / "png")
+    assert not (tmp_path / "png" / "broken.png").exists()
