@@ -195,6 +195,18 @@ def save_label_png(path, label: np.ndarray) -> None:
         img.save(tmp, format="PNG")
 
 
+def load_image(path) -> np.ndarray:
+    """RGB image as (H, W, 3) uint8 (writable); FileNotFoundError / UserError name the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except OSError as e:  # a truncated or corrupt file
+        raise UserError(f"{path}: cannot read image ({e})") from e
+
+
 def load_label_png(path) -> np.ndarray:
     """Read a label PNG as (H, W) uint8 class ids (palette indices, not colours)."""
     try:

@@ -110,17 +110,10 @@ def _init_worker() -> None:
 
 def load_image(path: Path) -> tuple[np.ndarray, torch.Tensor]:
     """(H, W, 3) uint8 RGB and its normalised (1, 3, H, W) float32 tensor."""
-    from PIL import Image
-
     from lib.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from lib.io import load_image as load_rgb
 
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            rgb = np.array(im.convert("RGB"))  # writable: pydensecrf rejects read-only buffers
-    except OSError as e:
-        raise UserError(f"{path}: cannot read image ({e})") from e
+    rgb = load_rgb(path)  # writable: pydensecrf rejects read-only buffers
     x = (rgb.astype(np.float32) / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) \
         / np.asarray(IMAGENET_STD, np.float32)
     return rgb, torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]

@@ -22,23 +22,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lib.errors import UserError
-from lib.io import load_label_png
+from lib.io import load_image, load_label_png  # noqa: F401 - load_image is used from here too
 
 from .layout import Layout, check_files_exist
 from .transforms import (ColorJitter, HSVJitter, Normalize, RandomCrop, RandomHorizontalFlip,
                          RandomResizeLong, RandomScale, to_chw_tensor)
-
-
-def load_image(path) -> np.ndarray:
-    """RGB image as (H, W, 3) uint8; FileNotFoundError / ValueError name the path."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except OSError as e:  # a truncated or corrupt file
-        raise UserError(f"{path}: cannot read image ({e})") from e
 
 
 def load_label(path) -> np.ndarray:
