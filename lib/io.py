@@ -7,7 +7,10 @@ Artifact formats (no pickle anywhere; every ``np.load`` uses ``allow_pickle=Fals
   An image with no foreground label has K = 0 (``cams`` shape (0, H, W)).
 * **CRF file** ``<id>.npz`` (stage 1 ``crf/alpha_*``): ``keys`` int64 (K+1,) — 0 for background
   then k+1 for each present foreground class k; ``probs`` float32 (K+1, H, W), the dense-CRF
-  probability of each channel.
+  probability of each channel, in [0, 1].
+* The readers (``load_cam``, ``load_crf``) reject NaN/inf, values outside [0, 1] (beyond
+  ``RANGE_TOL``) and unsorted or negative keys with a ``UserError`` naming the file; the savers
+  refuse non-finite maps with a ``RunError``, so inference never writes them.
 * **Label PNG** ``<id>.png``: 8-bit palette PNG (VOC palette), pixel value = class id
   (0 background, k+1 foreground class k, 255 void).
 """
