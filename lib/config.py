@@ -21,6 +21,8 @@ import runpy
 from pathlib import Path
 from typing import Any, Iterable
 
+from lib.errors import UserError, in_range
+
 # key -> (type spec, meaning). Type specs: a Python type, ("tuple", elem_type, length or None),
 # or ("optional", type) for values that may be None.
 SCHEMA: dict[str, tuple[Any, str]] = {
@@ -51,6 +53,18 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "FSL_MU": (float, "FSL colour-kernel offset mu"),
     "FSL_SIGMA": (float, "FSL spatial-kernel sigma"),
 }
+
+# key -> allowed range of its value (each element of a tuple), ``lib.errors.in_range`` specs;
+# strings must be non-empty, DATASET is a choice, bools and IMAGENET_WEIGHTS are free.
+RANGES: dict[str, str] = {
+    "NUM_CLASSES": ">= 2", "BACKBONE_WIDTH": "> 0", "CROP": ">= 1", "RANDOM_SCALE": "> 0",
+    "FLIP": "[0, 1]", "HSV": "[0, 255]", "LR": "> 0", "MOMENTUM": "[0, 1)",
+    "WEIGHT_DECAY": ">= 0", "POWER": ">= 0", "BATCH": ">= 1", "ITERATIONS": ">= 1",
+    "BN_MOMENTUM": "(0, 1]", "WORKERS": ">= 0", "GPUS": ">= 1", "TEST_SCALES": "> 0",
+    "FSL_WEIGHT": ">= 0", "FSL_MU": "> -inf", "FSL_SIGMA": "> 0",
+}
+DATASETS = ("voc", "coco", "synthetic")
+
 
 # Shorthand flags of add_config_args: flag -> (config key, argparse type, help).
 FLAG_KEYS: dict[str, tuple[str, Any, str]] = {
@@ -95,13 +109,13 @@ def _coerce_scalar(key: str, value: Any, typ: type) -> Any:
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-    raise ValueError(f"{key}: expected {typ.__name__}, got {value!r} ({type(value).__name__})")
+    raise UserError(f"{key}: expected {typ.__name__}, got {value!r} ({type(value).__name__})")
 
 
 def coerce_value(key: str, value: Any) -> Any:
     """Coerce ``value`` to the declared type of ``key`` (see :data:`SCHEMA`)."""
     if key not in SCHEMA:
-        raise KeyError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(SCHEMA))}")
+        raise UserError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(SCHEMA))}")
     spec = SCHEMA[key][0]
     if isinstance(spec, tuple) and spec[0] == "optional":
         if value is None or (isinstance(value, str) and value.lower() == "none"):
@@ -110,11 +124,11 @@ def coerce_value(key: str, value: Any) -> Any:
     if isinstance(spec, tuple):
         _, elem, length = spec
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key}: expected {_type_name(spec)}, got {value!r}")
+            raise UserError(f"{key}: expected {_type_name(spec)}, got {value!r}")
         if length is not None and len(value) != length:
-            raise ValueError(f"{key}: expected {length} values, got {len(value)} ({value!r})")
+            raise UserError(f"{key}: expected {length} values, got {len(value)} ({value!r})")
         if length is None and len(value) == 0:
-            raise ValueError(f"{key}: needs at least one value")
+            raise UserError(f"{key}: needs at least one value")
         return tuple(_coerce_scalar(key, v, elem) for v in value)
     return _coerce_scalar(key, value, spec)
 
@@ -124,32 +138,32 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     unknown = sorted(set(cfg) - set(SCHEMA))
     missing = sorted(set(SCHEMA) - set(cfg))
     if unknown:
-        raise ValueError(f"{source}: unknown config keys {unknown}; valid keys: "
+        raise UserError(f"{source}: unknown config keys {unknown}; valid keys: "
                          f"{', '.join(sorted(SCHEMA))}")
     if missing:
-        raise ValueError(f"{source}: missing config keys {missing}")
+        raise UserError(f"{source}: missing config keys {missing}")
     out = {}
     for key in SCHEMA:
         try:
             out[key] = coerce_value(key, cfg[key])
         except ValueError as e:
-            raise ValueError(f"{source}: {e}") from None
-    if out["DATASET"] not in ("voc", "coco", "synthetic"):
-        raise ValueError(f"{source}: DATASET must be 'voc', 'coco' or 'synthetic', got "
-                         f"{out['DATASET']!r}")
-    for key in ("CROP", "BATCH", "ITERATIONS", "NUM_CLASSES", "GPUS"):
-        if out[key] < 1:
-            raise ValueError(f"{source}: {key} must be >= 1, got {out[key]}")
-    if out["NUM_CLASSES"] < 2:
-        raise ValueError(f"{source}: NUM_CLASSES counts the background too (>= 2), got "
-                         f"{out['NUM_CLASSES']}")
-    if not 0.0 <= out["FLIP"] <= 1.0:
-        raise ValueError(f"{source}: FLIP is a probability, got {out['FLIP']}")
-    if out["BACKBONE_WIDTH"] <= 0 or any(s <= 0 for s in out["TEST_SCALES"]):
-        raise ValueError(f"{source}: BACKBONE_WIDTH and TEST_SCALES must be positive")
+            raise UserError(f"{source}: {e}") from None
+    if out["DATASET"] not in DATASETS:
+        raise UserError(f"{source}: DATASET must be 'voc', 'coco' or 'synthetic', got "
+                        f"{out['DATASET']!r}")
+    for key in ("DATA_ROOT", "TRAIN_SPLIT", "VAL_SPLIT"):
+        if not out[key].strip():
+            raise UserError(f"{source}: {key} must not be empty")
+    for key, spec in RANGES.items():
+        value = out[key]
+        if not all(in_range(v, spec) for v in (value if isinstance(value, tuple) else [value])):
+            allowed = f"in {spec}" if spec[0] in "[(" else spec
+            each = "each value " if isinstance(value, tuple) else ""
+            raise UserError(f"{source}: {key}={value!r} is out of range ({each}must be {allowed}; "
+                            f"{SCHEMA[key][1]})")
     lo, hi = out["RANDOM_SCALE"]
-    if not 0 < lo <= hi:
-        raise ValueError(f"{source}: RANDOM_SCALE must be 0 < min <= max, got {out['RANDOM_SCALE']}")
+    if lo > hi:
+        raise UserError(f"{source}: RANDOM_SCALE must be 0 < min <= max, got {out['RANDOM_SCALE']}")
     return out
 
 
@@ -168,23 +182,23 @@ def load_config(path: str | Path) -> dict:
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
+            raise UserError(f"{path}: not valid JSON ({e})") from e
         raw = data.get("config", data) if isinstance(data, dict) else None
         if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a JSON object with a 'config' entry")
+            raise UserError(f"{path}: expected a JSON object with a 'config' entry")
     elif path.suffix == ".py":
         try:
             ns = runpy.run_path(str(path), run_name="__icam_config__")
         except Exception as e:  # noqa: BLE001 - a broken config file is reported with its name
-            raise ValueError(f"{path}: executing the config failed ({type(e).__name__}: {e})") from e
+            raise UserError(f"{path}: executing the config failed ({type(e).__name__}: {e})") from e
         if isinstance(ns.get("CONFIG"), dict):
             raw = dict(ns["CONFIG"])
         else:
             raw = {k: v for k, v in ns.items() if k.isupper() and not k.startswith("_")}
             if not raw:
-                raise ValueError(f"{path}: defines neither a CONFIG dict nor UPPERCASE names")
+                raise UserError(f"{path}: defines neither a CONFIG dict nor UPPERCASE names")
     else:
-        raise ValueError(f"{path}: config files are .py (or a recorded .json run config)")
+        raise UserError(f"{path}: config files are .py (or a recorded .json run config)")
     return validate_config(raw, str(path))
 
 
@@ -207,16 +221,16 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
     out = dict(cfg)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not KEY=VALUE")
+            raise UserError(f"override {item!r} is not KEY=VALUE")
         key, text = item.split("=", 1)
         key = key.strip()
         if key not in SCHEMA:
-            raise ValueError(f"override {item!r}: unknown config key {key!r}; valid keys: "
+            raise UserError(f"override {item!r}: unknown config key {key!r}; valid keys: "
                              f"{', '.join(sorted(SCHEMA))}")
         try:
             out[key] = coerce_value(key, _parse_value(text.strip()))
         except ValueError as e:
-            raise ValueError(f"override {item!r}: {e}") from None
+            raise UserError(f"override {item!r}: {e}") from None
     return out
 
 
@@ -259,7 +273,7 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> dict
             try:
                 cfg[key] = coerce_value(key, value)
             except ValueError as e:
-                raise ValueError(f"--{name}: {e}") from None
+                raise UserError(f"--{name}: {e}") from None
     cfg = apply_overrides(cfg, getattr(args, "config_set", []) or [])
     return validate_config(cfg, "effective config (after command-line overrides)")
 

@@ -56,7 +56,9 @@ def cleanup() -> None:
 def per_process_batch(global_batch: int, world: int) -> int:
     """Split the global batch over processes; refuse a split that would change its size."""
     if global_batch % world:
-        raise SystemExit(f"--batch_size {global_batch} is not divisible by the {world} processes")
+        from lib.errors import UserError
+
+        raise UserError(f"--batch_size: {global_batch} is not divisible by the {world} processes")
     return global_batch // world
 
 

@@ -12,14 +12,20 @@ than ``0``.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 
-class UserError(Exception):
-    """A problem the user can fix; the message names the file (or flag) and the problem."""
+class UserError(ValueError):
+    """A problem the user can fix; the message names the file (or flag) and the problem.
+
+    A ``ValueError`` subclass, so library callers that catch ``ValueError`` keep working.
+    """
 
     exit_code = 2
 
@@ -28,6 +34,51 @@ class RunError(Exception):
     """The run itself failed (e.g. training diverged to a non-finite loss); exit status 1."""
 
     exit_code = 1
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``path`` (with parents) and prove it writable by creating and removing a temp file.
+
+    Run before expensive work, so an unwritable output fails in a second, not after the run.
+    Raises ``UserError("<path>: <what> is not writable (<reason>)")``.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test."):
+            pass
+    except OSError as e:
+        raise UserError(f"{path}: {what} is not writable ({e.strerror or e})") from e
+    return path
+
+
+def in_range(value, spec: str) -> bool:
+    """Whether a finite number ``value`` satisfies ``spec``: ``"> 0"``, ``">= 1"``, ``"< 1"``,
+    ``"<= 1"`` or an interval ``"[0, 1]"``, ``"(0, 1]"``, ``"[0, 1)"``, ``"(0, 1)"``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    spec = spec.strip()
+    if spec[0] in "[(":
+        lo, hi = (float(t) for t in spec[1:-1].split(","))
+        return ((lo <= value) if spec[0] == "[" else (lo < value)) and \
+            ((value <= hi) if spec[-1] == "]" else (value < hi))
+    op, bound = spec.split()
+    bound = float(bound)
+    return {">": value > bound, ">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
+
+
+def check_args(args, rules: dict[str, str]) -> None:
+    """Range checks of numeric command-line flags, e.g. ``{"lr": "> 0", "num_workers": ">= 0"}``
+    (specs as in :func:`in_range`). A flag whose value is None (unset) or absent is skipped;
+    a list is checked element-wise. Raises ``UserError("--lr: must be > 0, got -1.0")``."""
+    for name, spec in rules.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if not in_range(v, spec):
+                allowed = f"in {spec}" if spec[0] in "[(" else spec
+                raise UserError(f"--{name}: must be {allowed}, got {value}")
 
 
 def debug_enabled() -> bool:
@@ -42,6 +93,10 @@ def error_line(prog: str, exc: BaseException) -> str:
         msg = f"{where}: {reason}" if where else reason
     else:
         msg = str(exc) or type(exc).__name__
+        if "Original Traceback" in msg:
+            # Re-raised from a DataLoader worker: keep the original exception's own message.
+            last = msg.strip().splitlines()[-1]
+            msg = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last
     msg = " ".join(msg.split())  # one line, whatever the message held
     return f"{prog}: error: {msg}"
 

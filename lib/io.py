@@ -7,7 +7,10 @@ Artifact formats (no pickle anywhere; every ``np.load`` uses ``allow_pickle=Fals
   An image with no foreground label has K = 0 (``cams`` shape (0, H, W)).
 * **CRF file** ``<id>.npz`` (stage 1 ``crf/alpha_*``): ``keys`` int64 (K+1,) — 0 for background
   then k+1 for each present foreground class k; ``probs`` float32 (K+1, H, W), the dense-CRF
-  probability of each channel.
+  probability of each channel, in [0, 1].
+* The readers (``load_cam``, ``load_crf``) reject NaN/inf, values outside [0, 1] (beyond
+  ``RANGE_TOL``) and unsorted or negative keys with a ``UserError`` naming the file; the savers
+  refuse non-finite maps with a ``RunError``, so inference never writes them.
 * **Label PNG** ``<id>.png``: 8-bit palette PNG (VOC palette), pixel value = class id
   (0 background, k+1 foreground class k, 255 void).
 """
@@ -20,6 +23,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from lib.errors import RunError, UserError
+
+# Float32 rounding of a normalised map may land a hair above 1; anything beyond this is corrupt.
+RANGE_TOL = 1e-3
 
 
 @contextlib.contextmanager
@@ -55,12 +63,46 @@ def _load_npz(path, names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
         with np.load(path, allow_pickle=False) as z:
             missing = [n for n in names if n not in z.files]
             if missing:
-                raise ValueError(f"{path}: missing arrays {missing} (has {z.files})")
+                raise UserError(f"{path}: missing arrays {missing} (has {z.files})")
             return tuple(z[n] for n in names)
+    except UserError:
+        raise
+    except FileNotFoundError:
+        raise UserError(f"{path}: does not exist") from None
     except (OSError, ValueError, EOFError) as e:
-        if isinstance(e, ValueError) and str(path) in str(e):
-            raise
-        raise ValueError(f"{path}: not a readable .npz artifact ({e})") from e
+        raise UserError(f"{path}: not a readable .npz artifact ({e})") from e
+
+
+def check_scores(path, name: str, x: np.ndarray, hi: float | None = 1.0) -> None:
+    """Reject a score map that is non-finite or outside [0, ``hi``] (None: no upper bound).
+
+    Raises ``UserError("<path>: <name> ...")``; vectorised, one pass per condition.
+    """
+    if x.size == 0:
+        return
+    if not np.isfinite(x).all():
+        bad = int(x.size - np.isfinite(x).sum())
+        raise UserError(f"{path}: {name} has {bad} non-finite values (NaN/inf); the artifact is "
+                        f"corrupt, recompute it")
+    lo_v, hi_v = float(x.min()), float(x.max())
+    if lo_v < -RANGE_TOL or (hi is not None and hi_v > hi + RANGE_TOL):
+        raise UserError(f"{path}: {name} values span [{lo_v:.4g}, {hi_v:.4g}], outside the allowed "
+                        f"[0, {hi:g}]")
+
+
+def _check_keys(path, keys: np.ndarray) -> None:
+    if keys.size and (keys.min() < 0 or np.any(np.diff(keys) <= 0)):
+        raise UserError(f"{path}: keys {keys.tolist()} must be distinct non-negative class ids in "
+                        f"ascending order")
+
+
+def check_finite_output(x, what: str) -> None:
+    """An inference output about to be written must be finite; else ``RunError`` naming ``what``
+    (the image id / file), so no NaN artifact is ever written."""
+    finite = x.isfinite().all() if hasattr(x, "isfinite") else np.isfinite(np.asarray(x)).all()
+    if not bool(finite):  # a torch tensor is checked where it lives (GPU or CPU)
+        raise RunError(f"{what}: the network produced non-finite scores (NaN/inf); nothing "
+                       f"written (are the weights corrupt or diverged?)")
 
 
 def voc_palette() -> np.ndarray:
@@ -86,14 +128,17 @@ def save_cam(path, keys, cams) -> None:
     cams = np.asarray(cams, np.float32)
     if cams.ndim != 3 or cams.shape[0] != keys.shape[0]:
         raise ValueError(f"{path}: cams shape {cams.shape} does not match {keys.shape[0]} keys")
+    check_finite_output(cams, str(path))
     _save_npz(path, keys=keys, cams=cams)
 
 
 def load_cam(path) -> tuple[np.ndarray, np.ndarray]:
     """Load a CAM artifact: (keys (K,) int64, cams (K, H, W) float32)."""
     keys, cams = _load_npz(path, ("keys", "cams"))
-    if cams.ndim != 3 or cams.shape[0] != keys.shape[0]:
-        raise ValueError(f"{path}: cams shape {cams.shape} does not match {keys.shape[0]} keys")
+    if cams.ndim != 3 or keys.ndim != 1 or cams.shape[0] != keys.shape[0]:
+        raise UserError(f"{path}: cams shape {cams.shape} does not match {keys.shape[0]} keys")
+    _check_keys(path, keys)
+    check_scores(path, "cams", cams)
     return keys.astype(np.int64), cams.astype(np.float32, copy=False)
 
 
@@ -103,14 +148,17 @@ def save_crf(path, keys, probs) -> None:
     probs = np.asarray(probs, np.float32)
     if probs.ndim != 3 or probs.shape[0] != keys.shape[0]:
         raise ValueError(f"{path}: probs shape {probs.shape} does not match {keys.shape[0]} keys")
+    check_finite_output(probs, str(path))
     _save_npz(path, keys=keys, probs=probs)
 
 
 def load_crf(path) -> tuple[np.ndarray, np.ndarray]:
     """Load a CRF artifact: (keys (K+1,) int64 with 0 = background, probs (K+1, H, W) float32)."""
     keys, probs = _load_npz(path, ("keys", "probs"))
-    if probs.ndim != 3 or probs.shape[0] != keys.shape[0]:
-        raise ValueError(f"{path}: probs shape {probs.shape} does not match {keys.shape[0]} keys")
+    if probs.ndim != 3 or keys.ndim != 1 or probs.shape[0] != keys.shape[0]:
+        raise UserError(f"{path}: probs shape {probs.shape} does not match {keys.shape[0]} keys")
+    _check_keys(path, keys)
+    check_scores(path, "probs", probs)
     return keys.astype(np.int64), probs.astype(np.float32, copy=False)
 
 
@@ -150,29 +198,50 @@ def save_label_png(path, label: np.ndarray) -> None:
         img.save(tmp, format="PNG")
 
 
+def load_image(path) -> np.ndarray:
+    """RGB image as (H, W, 3) uint8 (writable); FileNotFoundError / UserError name the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except OSError as e:  # a truncated or corrupt file
+        raise UserError(f"{path}: cannot read image ({e})") from e
+
+
 def load_label_png(path) -> np.ndarray:
     """Read a label PNG as (H, W) uint8 class ids (palette indices, not colours)."""
     try:
         with Image.open(path) as img:
             if img.mode not in ("P", "L"):
-                raise ValueError(f"{path}: label PNG must be palette or grayscale, got mode {img.mode}")
+                raise UserError(f"{path}: label PNG must be palette or grayscale, got mode {img.mode}")
             return np.asarray(img, dtype=np.uint8).copy()
     except FileNotFoundError:
         raise
     except OSError as e:
-        raise ValueError(f"{path}: cannot read label PNG ({e})") from e
+        raise UserError(f"{path}: cannot read label PNG ({e})") from e
 
 
 def read_list(path) -> list[str]:
-    """Image ids of a list file: first whitespace token of each non-empty line, extension stripped."""
+    """Image ids of a list file: first whitespace token of each non-empty line, extension stripped.
+
+    A missing, unreadable or empty list is a ``UserError`` naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image list {path} does not exist")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the image list ({e})") from e
     ids = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         tok = line.strip().split()
         if tok:
             ids.append(Path(tok[0]).stem)
+    if not ids:
+        raise UserError(f"{path}: the image list is empty")
     return ids
 
 

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lib.errors import UserError
+
 __all__ = [
     "LIST_MAGIC",
     "NDARRAY_V1_MAGIC",
@@ -73,7 +75,7 @@ class _Cursor:
     def take(self, n: int, what: str) -> int:
         """Reserve ``n`` bytes for ``what``; return their start offset."""
         if n < 0 or self.pos + n > self.size:
-            raise ValueError(
+            raise UserError(
                 f"{self.path}: truncated MXNet .params file: {what} needs {n} bytes at byte "
                 f"{self.pos}, but the file has {self.size} bytes")
         start = self.pos
@@ -177,7 +179,7 @@ def read_mxnet_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: MXNet .params file not found")
     if path.stat().st_size == 0:
-        raise ValueError(f"{path}: truncated MXNet .params file: empty (0 bytes)")
+        raise UserError(f"{path}: truncated MXNet .params file: empty (0 bytes)")
     # A read-only memory map avoids holding a second full copy of a ~500 MB weight file; the
     # parsed arrays are copies, and the map is released when garbage-collected.
     buf = np.memmap(path, dtype=np.uint8, mode="r")
@@ -203,7 +205,7 @@ def write_mxnet_params(path: str | os.PathLike, arrays: dict[str, np.ndarray],
         elif version == 0:
             parts.append(struct.pack(f"<I{a.ndim}I", a.ndim, *a.shape))
         else:
-            raise ValueError(f"unknown NDArray format version {version}")
+            raise UserError(f"unknown NDArray format version {version}")
         if a.ndim == 0:
             continue
         flag = _FLAG_OF_DTYPE[key]
@@ -288,4 +290,4 @@ def load_mxnet_as_torch(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         return convert_mxnet_state_dict(arrays)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise UserError(f"{path}: {e}") from None

@@ -77,12 +77,36 @@ def add_weak_stage_args(p: argparse.ArgumentParser, session_default: str) -> Non
                         "--no-frozen_bn trains BN statistics and the stem (from-scratch demos)")
 
 
+# Allowed ranges of the numeric training flags (lib.errors.check_args); flags a stage lacks
+# are skipped.
+TRAIN_ARG_RANGES = {
+    "batch_size": ">= 1", "max_epoches": ">= 1", "lr": "> 0", "num_workers": ">= 0",
+    "wt_dec": ">= 0", "momentum": "[0, 1)", "crop_size": ">= 1", "backbone_width": "> 0",
+    "max_steps": ">= 1", "save_every": ">= 0", "threads": ">= 0", "lr_mults": ">= 0",
+    "resize_long": ">= 1",
+}
+
+
+def check_train_args(args: argparse.Namespace, extra: dict[str, str] | None = None) -> None:
+    """Reject values the flags' types accept but training cannot use (``--lr -1``,
+    ``--num_workers -3``, ...) with ``UserError`` naming the flag, before any work starts."""
+    from lib.errors import UserError, check_args
+
+    check_args(args, {**TRAIN_ARG_RANGES, **(extra or {})})
+    rl = getattr(args, "resize_long", None)
+    if rl and rl[0] > rl[1]:
+        raise UserError(f"--resize_long: needs LO <= HI, got {rl[0]} {rl[1]}")
+
+
 def make_loader(dataset, global_batch: int, rank: int, world: int, seed: int, num_workers: int,
                 shuffle: bool = True, drop_last: bool = True):
     """DataLoader of per-process batches; returns (loader, sampler or None)."""
     per_proc = dist.per_process_batch(global_batch, world)
     if len(dataset) < global_batch and drop_last:
-        raise SystemExit(f"dataset has {len(dataset)} images, fewer than --batch_size {global_batch}")
+        from lib.errors import UserError
+
+        raise UserError(f"--batch_size: the dataset has {len(dataset)} images, fewer than the "
+                        f"batch of {global_batch}")
     sampler = None
     if world > 1:
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle,
@@ -125,7 +149,9 @@ def iterate_steps(loader, sampler, max_step: int, start_step: int = 0):
     """
     n = len(loader)
     if n == 0:
-        raise SystemExit("the data loader yields no batch (dataset smaller than the batch?)")
+        from lib.errors import UserError
+
+        raise UserError("the data loader yields no batch (dataset smaller than the batch?)")
     step = start_step
     epoch = start_step // n
     skip = start_step % n

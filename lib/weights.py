@@ -9,6 +9,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from lib.errors import UserError
 from lib.mxnet_params import load_mxnet_as_torch
 
 __all__ = ["LoadReport", "load_imagenet_weights", "load_checkpoint", "strip_module_prefix"]
@@ -35,7 +36,7 @@ def _check_state_dict(obj, path) -> dict[str, torch.Tensor]:
         obj = next(iter(obj.values()))
     if not isinstance(obj, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise ValueError(f"{path}: not a state_dict (expected a dict of str -> Tensor, "
+        raise UserError(f"{path}: not a state_dict (expected a dict of str -> Tensor, "
                          f"got {type(obj).__name__})")
     return obj
 
@@ -50,7 +51,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError variously
-        raise ValueError(f"{path}: cannot read checkpoint with weights_only=True ({e})") from e
+        raise UserError(f"{path}: cannot read checkpoint with weights_only=True ({e})") from e
     return strip_module_prefix(_check_state_dict(obj, path))
 
 
@@ -90,10 +91,10 @@ def load_imagenet_weights(module: nn.Module, path: str | os.PathLike,
     bad = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
            for k in state if k in trunk_keys and state[k].shape != own[k].shape]
     if bad:
-        raise ValueError(f"{path}: {len(bad)} shape mismatches loading ImageNet weights "
+        raise UserError(f"{path}: {len(bad)} shape mismatches loading ImageNet weights "
                          f"(wrong width?): " + "; ".join(bad[:10]))
     if strict and (missing or unexpected):
-        raise ValueError(f"{path}: ImageNet weights do not match the ResNet-38 trunk: "
+        raise UserError(f"{path}: ImageNet weights do not match the ResNet-38 trunk: "
                          f"missing {len(missing)} {missing[:10]}, "
                          f"unexpected {len(unexpected)} {unexpected[:10]}")
     if missing or unexpected:

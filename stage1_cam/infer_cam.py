@@ -26,6 +26,7 @@ from tqdm import tqdm
 from lib import dist
 from lib.crf import crf_from_cam
 from lib.datasets import MultiScaleInferenceDataset, resolve_list
+from lib.errors import check_args, check_writable_dir, run_main
 from lib.io import load_cls_labels, save_cam, save_crf
 from lib.models import build_model
 from lib.weights import load_checkpoint
@@ -58,7 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_args(args, {"crf_alphas": "> 0", "scales": "> 0", "cam_power": "> 0",
+                      "backbone_width": "> 0", "num_workers": ">= 0", "crf_workers": ">= 0",
+                      "threads": ">= 0"})
+    return args
 
 
 @torch.no_grad()
@@ -125,17 +130,20 @@ def main(argv=None) -> None:
     def outputs(i):
         return [out_cam / f"{i}.npz", *[d / f"{i}.npz" for d in crf_dirs.values()]]
 
+    for d in [out_cam, *crf_dirs.values()]:
+        check_writable_dir(d)
     ids = dist.shard(all_ids, rank, world)
     todo = [i for i in ids if args.overwrite or not all(p.exists() for p in outputs(i))]
     if dist.is_main():
         print(f"infer_cam: {len(ids) - len(todo)} of {len(ids)} images already done"
               + (" (rank 0)" if world > 1 else ""))
     if todo:
+        # The dataset first: it checks that every image exists before the model is loaded.
+        dataset = MultiScaleInferenceDataset(layout, cls_labels, scales=tuple(args.scales),
+                                             flip=not args.no_flip, ids=todo)
         model = build_model("cam", num_classes=layout.num_classes, width=args.backbone_width)
         model.load_state_dict(load_checkpoint(args.weights), strict=True)
         model.to(device).eval()
-        dataset = MultiScaleInferenceDataset(layout, cls_labels, scales=tuple(args.scales),
-                                             flip=not args.no_flip, ids=todo)
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=args.num_workers)
         pool = mp.get_context("spawn").Pool(args.crf_workers) if crf_dirs and args.crf_workers > 0 else None
         pending = []
@@ -172,4 +180,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "infer_cam")

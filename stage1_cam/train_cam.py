@@ -12,6 +12,7 @@ Runs as one CPU process, one GPU, or ``torchrun --nproc_per_node K -m stage1_cam
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from lib import dist
 from lib.datasets import ClassificationDataset, resolve_list
 from lib.datasets.transforms import denormalize
+from lib.errors import check_writable_dir, run_main
 from lib.io import load_cls_labels
 from lib.losses.classification import classification_loss
 from lib.losses.feature_similarity import feature_similarity_loss
@@ -27,7 +29,8 @@ from lib.losses.seam import (equivariant_cross_regularization_loss,
 from lib.models import build_model, disable_dropout
 from lib.optim import build_optimizer
 from lib.training import (TrainingRun, add_common_train_args, add_weak_stage_args, autocast,
-                          iterate_steps, load_backbone_weights, make_loader, steps_per_epoch)
+                          check_train_args, iterate_steps, load_backbone_weights, make_loader,
+                          steps_per_epoch)
 
 VIEW2_SCALE = 0.3  # SEAM's second view: the crop downscaled by 0.3
 FSL_WEIGHT = 0.5
@@ -62,7 +65,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fsl_mode", default="windowed", choices=["windowed", "dense"],
                    help="windowed = exact to 1e-4 within ceil(5 sigma), O(HW*window) memory; dense = original")
     add_common_train_args(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_train_args(args, {"view2_scale": "(0, 1]", "loss_weight": "[0, 1]",
+                            "loss_weight_warmup": ">= 0", "num_samples": ">= 1",
+                            "fsl_sigma": "> 0"})
+    return args
 
 
 def loss_weight_at(step: int, args) -> float:
@@ -106,6 +113,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_writable_dir(Path(args.session_name).parent, "checkpoint folder (--session_name)")
     rank, world, device = dist.setup_distributed(args.device)
     dist.seed_everything(args.seed, rank)
 
@@ -144,4 +152,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "train_cam")

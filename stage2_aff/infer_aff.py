@@ -32,9 +32,11 @@ from lib import dist
 from lib.crf import dense_crf
 from lib.datasets import resolve_list
 from lib.datasets.affinity_dataset import POOL
+from lib.datasets.layout import check_files_exist
 from lib.datasets.datasets import load_image
 from lib.datasets.transforms import Normalize, to_chw_tensor
-from lib.io import load_cam, save_label_png
+from lib.errors import UserError, check_args, check_writable_dir, run_main
+from lib.io import check_finite_output, load_cam, save_label_png
 from lib.models import build_model
 from lib.random_walk import METHODS, cams_with_background, random_walk
 from lib.weights import load_checkpoint
@@ -64,7 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_args(args, {"alpha": "> 0", "beta": "> 0", "logt": ">= 0", "crf_iters": ">= 1",
+                      "backbone_width": "> 0", "workers": ">= 0", "threads": ">= 0"})
+    return args
 
 
 class _Images(Dataset):
@@ -86,7 +91,7 @@ class _Images(Dataset):
             raise FileNotFoundError(f"infer_aff: CAM file {cam_path} does not exist")
         keys, cams = load_cam(cam_path)
         if cams.shape[1:] != image.shape[:2]:
-            raise ValueError(f"{cam_path}: CAMs {cams.shape} do not match image {path} "
+            raise UserError(f"{cam_path}: CAMs {cams.shape} do not match image {path} "
                              f"of size {image.shape[:2]}")
         return {"id": image_id, "image_uint8": image, "image": to_chw_tensor(self.normalize(image)),
                 "keys": keys, "cams": cams}
@@ -127,13 +132,16 @@ def main(argv=None) -> None:
     out = Path(args.out_rw)
     cam_dir = Path(args.cam_dir)
     if not cam_dir.is_dir():
-        raise SystemExit(f"infer_aff: --cam_dir {cam_dir} is not a directory")
+        raise UserError(f"{cam_dir}: --cam_dir is not a directory")
+    check_writable_dir(out)
     ids = dist.shard(all_ids, rank, world)
     todo = [i for i in ids if args.overwrite or not (out / f"{i}.png").is_file()]
     if dist.is_main():
         print(f"infer_aff: {len(ids) - len(todo)} of {len(ids)} images already done"
               + (" (rank 0)" if world > 1 else ""))
     if todo:
+        check_files_exist([layout.image_path(i) for i in todo], "image")
+        check_files_exist([cam_dir / f"{i}.npz" for i in todo], "CAM file")
         model = build_model("aff", width=args.backbone_width)
         model.load_state_dict(load_checkpoint(args.weights), strict=True)
         model.to(device).eval()
@@ -151,6 +159,7 @@ def main(argv=None) -> None:
                     p = scores / scores.sum(0, keepdim=True).clamp_min(1e-5)
                     scores = torch.from_numpy(dense_crf(item["image_uint8"], p.cpu().numpy(),
                                                         n_iter=args.crf_iters))
+                check_finite_output(scores, f"{out / item['id']}.png (image {item['id']})")
                 lut = np.concatenate([[0], keys + 1]).astype(np.uint8)
                 label = lut[scores.argmax(0).cpu().numpy()]
             save_label_png(out / f"{item['id']}.png", label)
@@ -159,4 +168,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "infer_aff")

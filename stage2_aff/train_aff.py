@@ -21,17 +21,20 @@ Runs as one CPU process, one GPU, or ``torchrun --nproc_per_node K -m stage2_aff
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
 from lib import dist
 from lib.affinity import extract_pair_labels
 from lib.datasets import AffinityDataset, resolve_list
+from lib.errors import UserError, check_writable_dir, run_main
 from lib.losses.affinity import affinity_loss
 from lib.models import build_model, disable_dropout
 from lib.optim import build_optimizer
 from lib.training import (TrainingRun, add_common_train_args, add_weak_stage_args, autocast,
-                          iterate_steps, load_backbone_weights, make_loader, steps_per_epoch)
+                          check_train_args, iterate_steps, load_backbone_weights, make_loader,
+                          steps_per_epoch)
 
 RADIUS = 5  # PSA's pair radius at stride 8
 
@@ -46,7 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="joint RandomResizeLong of image and CRF maps before the crop "
                         "(the original has none)")
     add_common_train_args(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_train_args(args)
+    return args
 
 
 def main(argv=None) -> None:
@@ -54,7 +59,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.crop_size % 8:
-        raise SystemExit(f"--crop_size {args.crop_size} must be a multiple of 8 (stride of the features)")
+        raise UserError(f"--crop_size: {args.crop_size} must be a multiple of 8 (stride of the features)")
+    check_writable_dir(Path(args.session_name).parent, "checkpoint folder (--session_name)")
     rank, world, device = dist.setup_distributed(args.device)
     dist.seed_everything(args.seed, rank)
 
@@ -98,4 +104,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "train_aff")

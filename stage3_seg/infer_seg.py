@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from lib import dist
 from lib.config import add_config_args, coerce_value, config_from_args, load_config
-from lib.io import read_list, save_label_png
+from lib.errors import UserError, check_args, check_writable_dir, run_main
+from lib.io import check_finite_output, read_list, save_label_png
 
 
 def _logits_of(out) -> torch.Tensor:
@@ -109,17 +110,10 @@ def _init_worker() -> None:
 
 def load_image(path: Path) -> tuple[np.ndarray, torch.Tensor]:
     """(H, W, 3) uint8 RGB and its normalised (1, 3, H, W) float32 tensor."""
-    from PIL import Image
-
     from lib.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from lib.io import load_image as load_rgb
 
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            rgb = np.array(im.convert("RGB"))  # writable: pydensecrf rejects read-only buffers
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read image ({e})") from e
+    rgb = load_rgb(path)  # writable: pydensecrf rejects read-only buffers
     x = (rgb.astype(np.float32) / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) \
         / np.asarray(IMAGENET_STD, np.float32)
     return rgb, torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
@@ -149,7 +143,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     add_config_args(p, flags=["data_root", "backbone_width"], config_required=False)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_args(args, {"scales": "> 0", "workers": ">= 0", "eval_workers": ">= 1",
+                      "threads": ">= 0"})
+    return args
 
 
 ARCH_KEYS = ("NUM_CLASSES", "BACKBONE_WIDTH")
@@ -174,7 +171,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
     elif recorded.is_file():
         base = load_config(recorded)
     else:
-        raise FileNotFoundError(f"no --config given and no run config {recorded} next to the weights")
+        raise UserError(f"{recorded}: no --config given and no run config next to the weights")
     explicit = {s.split("=", 1)[0].strip() for s in args.config_set}
     if args.backbone_width is not None:
         explicit.add("BACKBONE_WIDTH")
@@ -204,38 +201,36 @@ def load_model(cfg: dict, weights: str, device: torch.device) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{weights}: does not fit DeepLab-v1 with NUM_CLASSES={cfg['NUM_CLASSES']}, "
+        raise UserError(f"{weights}: does not fit DeepLab-v1 with NUM_CLASSES={cfg['NUM_CLASSES']}, "
                          f"BACKBONE_WIDTH={cfg['BACKBONE_WIDTH']} ({str(e)[:500]})") from None
     return model.to(device).eval()
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    try:
-        cfg = resolve_config(args)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"infer_seg: {e}") from None
+    cfg = resolve_config(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, world, device = dist.setup_distributed(args.device)
 
     from lib.datasets import get_layout
+    from lib.datasets.layout import check_files_exist
     from lib.training import autocast
 
     split = args.split or cfg["VAL_SPLIT"]
-    try:
-        layout = get_layout(cfg["DATASET"], cfg["DATA_ROOT"], split)
-        ids = read_list(args.list) if args.list else layout.ids()
-        model = load_model(cfg, args.weights, device)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"infer_seg: {e}") from None
-    if not ids:
-        raise SystemExit("infer_seg: the image list is empty")
+    layout = get_layout(cfg["DATASET"], cfg["DATA_ROOT"], split)
+    ids = read_list(args.list) if args.list else layout.ids()  # UserError when empty
 
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_writable_dir(args.out_dir)
+    if args.out_json:
+        check_writable_dir(Path(args.out_json).parent, "folder of --out_json")
     mine = dist.shard(ids, rank, world)
     todo = mine if args.overwrite else [i for i in mine if not (out_dir / f"{i}.png").is_file()]
+    # Cheap checks before the network runs: every image (and, for --eval, every GT) exists.
+    check_files_exist([layout.image_path(i) for i in todo], "image")
+    if args.eval:
+        check_files_exist([layout.gt_path(i) for i in ids], "ground truth")
+    model = load_model(cfg, args.weights, device)
     if dist.is_main():
         print(f"infer_seg: {len(ids)} images, {len(mine) - len(todo)} of this rank's {len(mine)} "
               f"already done; scales {cfg['TEST_SCALES']}, flip {cfg['TEST_FLIP']}, "
@@ -250,13 +245,11 @@ def main(argv=None) -> None:
     pending: collections.deque = collections.deque()
     try:
         for image_id in tqdm(todo, desc="infer_seg", disable=not dist.is_main(), dynamic_ncols=True):
-            try:
-                rgb, x = load_image(layout.image_path(image_id))
-            except (ValueError, FileNotFoundError) as e:
-                raise SystemExit(f"infer_seg: {e}") from None
+            rgb, x = load_image(layout.image_path(image_id))
             with autocast(args.amp, device):
                 probs = multiscale_flip_probs(model, x.to(device), cfg["TEST_SCALES"],
                                               cfg["TEST_FLIP"])
+            check_finite_output(probs, f"{out_dir / image_id}.png (image {image_id})")
             job = (str(out_dir / f"{image_id}.png"), probs.float().cpu().numpy(), rgb,
                    cfg["TEST_CRF"])
             if pool is None:
@@ -278,11 +271,8 @@ def main(argv=None) -> None:
         from lib.evaluation import evaluate_dir, format_results, save_results_json
 
         gt_dir = layout.gt_path(ids[0]).parent
-        try:
-            res = evaluate_dir(out_dir, gt_dir, ids, cfg["NUM_CLASSES"] - 1, pred_type="png",
-                               workers=args.eval_workers, class_names=list(layout.class_names))
-        except (ValueError, FileNotFoundError) as e:
-            raise SystemExit(f"infer_seg: evaluation failed: {e}") from None
+        res = evaluate_dir(out_dir, gt_dir, ids, cfg["NUM_CLASSES"] - 1, pred_type="png",
+                           workers=args.eval_workers, class_names=list(layout.class_names))
         print(format_results(res, title=f"DeepLab-v1 {split} ({out_dir})"))
         if args.out_json:
             save_results_json(res, args.out_json)
@@ -290,4 +280,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "infer_seg")

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from lib import dist
 from lib.config import add_config_args, config_from_args
+from lib.errors import UserError, check_args, check_writable_dir, run_main
 from lib.training import (TrainingRun, add_common_train_args, autocast, iterate_steps,
                           make_loader)
 
@@ -60,7 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="SyncBatchNorm across GPUs under torchrun (the original's SyncBN); CUDA only")
     add_common_train_args(p)
     add_config_args(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_args(args, {"image_every": ">= 0", "save_every": ">= 0", "threads": ">= 0",
+                      "lr_mults": ">= 0"})
+    return args
 
 
 def seg_loss(model: nn.Module, image: torch.Tensor, label: torch.Tensor, fsl_weight: float,
@@ -114,7 +118,7 @@ def resolve_imagenet_weights(args: argparse.Namespace, cfg: dict) -> str | None:
     if Path(path).is_file():
         return path
     if explicit:
-        raise SystemExit(f"train_seg: ImageNet weights {path} do not exist")
+        raise UserError(f"{path}: ImageNet weights do not exist")
     if dist.is_main():
         print(f"train_seg: WARNING: ImageNet weights {path} (config IMAGENET_WEIGHTS) not found; "
               f"training from RANDOM initialisation (pass --weights none to silence this)",
@@ -139,11 +143,11 @@ def build_dataset(cfg: dict, args: argparse.Namespace, rank: int):
         split = cfg["TRAIN_SPLIT"]
     layout = get_layout(cfg["DATASET"], cfg["DATA_ROOT"], split)
     if layout.num_classes + 1 != cfg["NUM_CLASSES"]:
-        raise SystemExit(f"train_seg: config NUM_CLASSES={cfg['NUM_CLASSES']} but the dataset at "
+        raise UserError(f"config NUM_CLASSES={cfg['NUM_CLASSES']} but the dataset at "
                          f"{cfg['DATA_ROOT']} has {layout.num_classes} classes + background; "
                          f"pass --set NUM_CLASSES={layout.num_classes + 1}")
     if not Path(args.pseudo_gt).is_dir():
-        raise SystemExit(f"train_seg: --pseudo_gt {args.pseudo_gt} is not a directory")
+        raise UserError(f"{args.pseudo_gt}: --pseudo_gt is not a directory")
     # seed=None: augmentation draws come from torch's RNG (seeded by seed_everything, and per
     # loader worker by the DataLoader), so they differ between epochs; a fixed dataset seed
     # would repeat the same crops every epoch unless set_epoch reached the worker copies.
@@ -152,19 +156,13 @@ def build_dataset(cfg: dict, args: argparse.Namespace, rank: int):
                              train=True, seed=None, ids=ids)
     if 0 < cfg["FLIP"] != 0.5:
         ds.flip = RandomHorizontalFlip(cfg["FLIP"])  # the dataset's default flip is p = 0.5
-    missing = [i for i in ds.ids if not ds.label_path(i).is_file()]
-    if missing:
-        raise SystemExit(f"train_seg: {len(missing)} of {len(ds.ids)} pseudo labels missing in "
-                         f"{args.pseudo_gt}, e.g. {ds.label_path(missing[0])}")
-    return ds
+    return ds  # the dataset checked that every image and pseudo label exists
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"train_seg: {e}") from None
+    cfg = config_from_args(args)
+    check_writable_dir(Path(args.session_name).parent, "checkpoint folder (--session_name)")
     if not args.fsl:
         cfg["FSL_WEIGHT"] = 0.0
     if args.threads:
@@ -180,10 +178,7 @@ def main(argv=None) -> None:
     from lib.optim import build_optimizer
     from lib.weights import load_imagenet_weights
 
-    try:
-        dataset = build_dataset(cfg, args, rank)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"train_seg: {e}") from None
+    dataset = build_dataset(cfg, args, rank)
     loader, sampler = make_loader(dataset, cfg["BATCH"], rank, world, args.seed, cfg["WORKERS"])
 
     model = build_model("deeplabv1", num_classes=cfg["NUM_CLASSES"] - 1,
@@ -192,10 +187,7 @@ def main(argv=None) -> None:
         disable_dropout(model)
     weights = resolve_imagenet_weights(args, cfg)
     if weights is not None:
-        try:
-            load_imagenet_weights(model, weights)
-        except (ValueError, FileNotFoundError) as e:
-            raise SystemExit(f"train_seg: {e}") from None
+        load_imagenet_weights(model, weights)
     elif dist.is_main():
         print("train_seg: random initialisation (no ImageNet weights)", file=sys.stderr)
         if cfg["BN_MOMENTUM"] * cfg["ITERATIONS"] < 3.0:
@@ -240,4 +232,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "train_seg")

@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
+from lib.errors import UserError
 from lib.datasets.classes import SYNTHETIC_CLASSES, VOC_CLASSES
 from lib.io import load_cls_labels, load_label_png
 from tools import make_cls_labels as mcl
@@ -110,15 +111,15 @@ def test_missing_and_malformed_xml(tmp_path):
     ann.mkdir()
     (ann / "ok.xml").write_text(_xml([("dog", 0)]))
     (ann / "bad.xml").write_text("<annotation><object><name>dog</name></annotation>")
-    with pytest.raises(SystemExit, match=r"bad\.xml.*malformed"):
+    with pytest.raises((UserError, OSError), match=r"bad\.xml.*malformed"):
         mcl.main(["--voc_root", str(tmp_path)])
     lst = tmp_path / "l.txt"
     lst.write_text("ok\nmissing\n")
-    with pytest.raises(SystemExit, match=r"missing\.xml"):
+    with pytest.raises((UserError, OSError), match=r"missing\.xml"):
         mcl.main(["--voc_root", str(tmp_path), "--list", str(lst)])
-    with pytest.raises(SystemExit, match="nope"):
+    with pytest.raises((UserError, OSError), match="nope"):
         mcl.main(["--voc_root", str(tmp_path), "--list", "nope"])
-    with pytest.raises(SystemExit, match="Annotations"):
+    with pytest.raises((UserError, OSError), match="Annotations"):
         mcl.main(["--voc_root", str(tmp_path / "elsewhere")])
 
 

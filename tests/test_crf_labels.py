@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from lib.errors import UserError
 from lib.io import load_label_png, save_crf
 from tools.crf_labels import convert, main
 
@@ -29,7 +30,7 @@ def test_rerun_keeps_finished_labels_unless_overwrite(tmp_path):
 
 def test_bad_input_names_the_folder_or_file(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="no CRF artifacts.*empty"):
+    with pytest.raises((UserError, OSError), match="no CRF artifacts.*empty"):
         convert(tmp_path / "empty", tmp_path / "png")
     (tmp_path / "crf").mkdir()
     (tmp_path / "crf" / "broken.npz").write_bytes(b"not a zip")

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lib.errors import UserError
 from lib.io import load_cls_labels, load_label_png, read_list
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,7 +241,7 @@ def test_make_train_aug_is_sorted_difference(tmp_path):
     assert make_train_aug(root) == ["a", "b", "c"]
     assert main(["--voc_root", str(root), "--expect", "3"]) == 0
     assert (root / "ImageSets/Segmentation/train_aug.txt").read_text() == "a\nb\nc\n"
-    with pytest.raises(SystemExit, match="3 train_aug ids, expected 10582"):
+    with pytest.raises((UserError, OSError), match="3 train_aug ids, expected 10582"):
         main(["--voc_root", str(root), "--expect", "10582"])
 
 
@@ -250,7 +251,7 @@ def test_make_train_aug_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"1 train_aug ids .*\['b'\]"):
         make_train_aug(root)
     assert make_train_aug(root, check_images=False) == ["a", "b"]
-    with pytest.raises(SystemExit, match="SegmentationClassAug"):
+    with pytest.raises((UserError, OSError), match="SegmentationClassAug"):
         main(["--voc_root", str(tmp_path / "missing")])
 
 
@@ -386,7 +387,7 @@ def test_process_coco_class_file(tmp_path):
     with np.load(root / "cls_labels_val2017.npz", allow_pickle=False) as z:
         assert tuple(z["class_names"]) == COCO_CLASSES
     (root / "classes.txt").write_text("a\nb\n")
-    with pytest.raises(SystemExit, match="differ from .*classes.txt"):
+    with pytest.raises((UserError, OSError), match="differ from .*classes.txt"):
         main(args)
 
 
@@ -427,9 +428,9 @@ def test_process_coco_bad_input(coco_root):
     data["annotations"].append({"id": 99, "image_id": 9, "category_id": 12, "segmentation": [[0, 0, 1, 0, 1, 1]]})
     bad = coco_root / "annotations" / "instances_bad.json"
     bad.write_text(json.dumps(data))
-    with pytest.raises(SystemExit, match=r"instances_bad\.json: annotation 99 has unknown category 12"):
+    with pytest.raises((UserError, OSError), match=r"instances_bad\.json: annotation 99 has unknown category 12"):
         main(["--coco_root", str(coco_root), "--split", "bad", "--workers", "1", "--no_progress"])
-    with pytest.raises(SystemExit, match="instances_missing.json does not exist"):
+    with pytest.raises((UserError, OSError), match="instances_missing.json does not exist"):
         main(["--coco_root", str(coco_root), "--split", "missing", "--no_progress"])
 
 

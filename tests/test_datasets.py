@@ -304,11 +304,11 @@ def test_segmentation_dataset_train_and_eval(synth, tmp_path):
 
 
 def test_missing_image_is_named(synth, tmp_path):
+    """A listed image that does not exist fails at construction (before any training), named."""
+    from lib.errors import UserError
+
     lay = L.get_layout("voc", synth, "train")
-    labels = load_cls_labels(lay.cls_labels_path())
-    ds = ClassificationDataset(lay, {"ghost": np.zeros(5, np.float32)}, crop=32, ids=["ghost"], seed=0)
-    with pytest.raises(FileNotFoundError, match=r"JPEGImages.ghost\.jpg"):
-        ds[0]
-    seg = SegmentationDataset(lay, train=False, ids=["ghost"])
-    with pytest.raises(FileNotFoundError, match="ghost"):
-        seg[0]
+    with pytest.raises(UserError, match=r"JPEGImages.ghost\.jpg: image does not exist \(1 of 1"):
+        ClassificationDataset(lay, {"ghost": np.zeros(5, np.float32)}, crop=32, ids=["ghost"], seed=0)
+    with pytest.raises(UserError, match="ghost"):
+        SegmentationDataset(lay, train=False, ids=["ghost"])

@@ -14,6 +14,7 @@ from lib.evaluation import (confusion_matrix, contour_counts, contour_fscore_fro
 from lib.evaluation.miou import cam_fg_argmax, sweep_confusions
 from lib.evaluation.reference import ref_boundary, ref_contour_counts, ref_image_counts, ref_scores
 from lib.io import cam_to_label, load_label_png, save_cam, save_crf, save_label_png
+from lib.errors import run_main
 from tools.evaluate import main as cli_main
 
 
@@ -209,42 +210,46 @@ def test_cli_json_schema_and_table(tmp_path, capsys):
     assert all(0.0 <= v <= 1.0 for v in vals + list(res["per_class_contour_f"].values()))
 
 
-def _run_cli_error(tmp_path, n=2, extra=()):
+def _run_cli_error(tmp_path, capsys, n=2, extra=()):
+    """Run the CLI through run_main: exit 2 and one line ``evaluate: error: ...`` on stderr."""
     with pytest.raises(SystemExit) as e:
-        cli_main(["--pred_dir", str(tmp_path / "pred"), "--gt_dir", str(tmp_path / "gt"), "--list",
-                  str(tmp_path / "list.txt"), "--num_classes", str(n), "--workers", "1", "--no_progress",
-                  *extra])
-    assert e.value.code not in (0, None)
-    return str(e.value.code)
+        run_main(cli_main, "evaluate",
+                 ["--pred_dir", str(tmp_path / "pred"), "--gt_dir", str(tmp_path / "gt"), "--list",
+                  str(tmp_path / "list.txt"), "--num_classes", str(n), "--workers", "1",
+                  "--no_progress", *extra])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("evaluate: error: ") and "\n" not in err and "Traceback" not in err
+    return err
 
 
-def test_cli_errors(tmp_path):
+def test_cli_errors(tmp_path, capsys):
     g = np.zeros((4, 5), np.uint8)
     g[1, 1] = 1
     _write_dataset(tmp_path, [(g, g), (g, None)])              # img001 has no prediction
-    msg = _run_cli_error(tmp_path)
+    msg = _run_cli_error(tmp_path, capsys)
     assert "prediction missing" in msg and "img001.png" in msg
 
     save_label_png(tmp_path / "pred" / "img001.png", np.zeros((5, 4), np.uint8))  # transposed size
-    msg = _run_cli_error(tmp_path)
+    msg = _run_cli_error(tmp_path, capsys)
     assert "img001.png" in msg and "does not match" in msg
 
     save_label_png(tmp_path / "pred" / "img001.png", np.full((4, 5), 3, np.uint8))  # 3 > N = 2
-    msg = _run_cli_error(tmp_path)
+    msg = _run_cli_error(tmp_path, capsys)
     assert "img001.png" in msg and "out of range" in msg and "[3]" in msg
 
     save_label_png(tmp_path / "pred" / "img001.png", g)
     bad = g.copy()
     bad[0, 0] = 7                                                # neither 0..2 nor 255
     save_label_png(tmp_path / "gt" / "img001.png", bad)
-    msg = _run_cli_error(tmp_path)
+    msg = _run_cli_error(tmp_path, capsys)
     assert "gt" in msg and "img001.png" in msg and "[7]" in msg
 
     (tmp_path / "gt" / "img001.png").unlink()
-    msg = _run_cli_error(tmp_path)
+    msg = _run_cli_error(tmp_path, capsys)
     assert "ground truth missing" in msg and "img001.png" in msg
 
-    msg = _run_cli_error(tmp_path, extra=["--type", "png", "--bg_sweep"])
+    msg = _run_cli_error(tmp_path, capsys, extra=["--type", "png", "--bg_sweep"])
     assert "cam" in msg.lower()
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from lib.errors import UserError
 from lib.backbones import resnet38d
 from lib.models import build_model
 from lib.mxnet_params import (
@@ -214,11 +215,11 @@ def test_convert_cli_and_pth_loading(fixture_paths, tmp_path, capsys):
 
 
 def test_convert_cli_errors(tmp_path):
-    with pytest.raises(SystemExit, match="not found"):
+    with pytest.raises((UserError, OSError), match="not found"):
         convert_main([str(tmp_path / "missing.params"), str(tmp_path / "o.pth")])
     bad = tmp_path / "bad.params"
     bad.write_bytes(b"\x12\x01\0\0")
-    with pytest.raises(SystemExit, match="truncated"):
+    with pytest.raises((UserError, OSError), match="truncated"):
         convert_main([str(bad), str(tmp_path / "o.pth")])
     assert not (tmp_path / "o.pth").exists()
 

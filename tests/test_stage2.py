@@ -208,7 +208,7 @@ def test_dataset_errors(synth, tmp_path):
     with pytest.raises(FileNotFoundError, match="ha_crf_dir"):
         AffinityDataset(layout, None, synth["la"], tmp_path / "nope")
     ds = AffinityDataset(layout, ["missing_id"], synth["la"], synth["ha"], crop=64)
-    with pytest.raises(FileNotFoundError, match="missing_id"):
+    with pytest.raises(ValueError, match="missing_id.jpg: image does not exist"):
         ds.check_files()
     with pytest.raises(ValueError, match="multiple of 8"):
         AffinityDataset(layout, None, synth["la"], synth["ha"], crop=60)

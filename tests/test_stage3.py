@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from lib.errors import UserError
 from lib.io import load_label_png, read_list, save_cam, save_label_png
 from stage3_seg.infer_seg import multiscale_flip_probs, probs_to_label
 
@@ -310,6 +311,6 @@ def test_visualize_cli_writes_panels_and_grid(synth, tmp_path):
             # 4 tiles of 64 px and 3 gaps of 4 px; a title strip on top
             assert im.size == (4 * 64 + 3 * 4, 64 + TITLE_H)
     assert (out / "grid.png").is_file()
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises((UserError, OSError), match="does not exist"):
         main(["--image_dir", str(synth / "JPEGImages"), "--label_dirs", str(tmp_path / "cam"),
               "--ids", ids[0], "--out", str(tmp_path / "vis2")])

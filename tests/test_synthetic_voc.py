@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lib.errors import UserError
 from lib.datasets.classes import SYNTHETIC_CLASSES
 from lib.io import load_label_png, read_list, voc_palette
 from tools import make_synthetic_voc as msv
@@ -73,7 +74,7 @@ def test_same_seed_same_bytes_different_seed_differs(tmp_path):
 
 def test_overwrite_required_and_replaces(tmp_path):
     out = _gen(tmp_path / "o", 3, 1)
-    with pytest.raises(SystemExit, match="--overwrite"):
+    with pytest.raises((UserError, OSError), match="--overwrite"):
         _gen(out, 3, 1)
     (out / "cls_labels.npz").write_bytes(b"stale")
     _gen(out, 2, 1, SIZE, 0, "--overwrite")
@@ -89,7 +90,7 @@ def test_overwrite_required_and_replaces(tmp_path):
     (["--num_train", "2", "--num_val", "1", "--seed", "-3"], "seed"),
 ])
 def test_bad_arguments(tmp_path, args, msg):
-    with pytest.raises(SystemExit, match=msg):
+    with pytest.raises((UserError, OSError), match=msg):
         msv.main(["--out", str(tmp_path / "x"), *args])
 
 

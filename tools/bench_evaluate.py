@@ -18,7 +18,6 @@ Exit status 1 when the counts differ.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lib.errors import check_args, run_main
 from lib.evaluation.contour import contour_fscore_from_counts, dilate, seg2bmap
 from lib.evaluation.evaluate import accumulate_counts, default_workers
 from lib.evaluation.miou import miou_from_confusion
@@ -94,6 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ref_num", type=int, default=50, help="images timed with the slow reference")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    check_args(args, {"num": ">= 1", "workers": ">= 1", "ref_num": ">= 1"})
     ref_num = min(args.ref_num, args.num)
 
     with tempfile.TemporaryDirectory(prefix="bench_evaluate_") as tmp:
@@ -133,4 +134,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "bench_evaluate")

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from lib.errors import RunError, UserError, check_args, run_main
+
 # Live (N, HW, HW) matrices at the dense loss's peak (pair-distance outputs, kernel temporaries,
 # the dy matrix saved for backward and its gradient); 6 matches the measured CPU peak at 56x56.
 DENSE_MATRICES = 6
@@ -40,7 +42,7 @@ def available_bytes(device: str) -> int:
         for line in f:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
-    raise SystemExit("cannot read MemAvailable from /proc/meminfo")
+    raise RunError("/proc/meminfo: cannot read MemAvailable")
 
 
 def _worker(mode: str, size: int, batch: int, channels: int, repeats: int, threads: int, device: str) -> dict:
@@ -100,8 +102,8 @@ def main(argv=None) -> None:
     ap.add_argument("--modes", nargs="+", default=["dense", "windowed"], choices=["dense", "windowed"])
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.repeats < 1 or args.batch < 1 or args.channels < 1 or min(args.sizes) < 1:
-        raise SystemExit("--repeats, --batch, --channels and --sizes must be >= 1")
+    check_args(args, {"repeats": ">= 1", "batch": ">= 1", "channels": ">= 1", "sizes": ">= 1",
+                      "threads": ">= 1"})
 
     if args._worker is not None:
         print(json.dumps(_worker(args._worker, args.sizes[0], args.batch, args.channels, args.repeats,
@@ -144,8 +146,8 @@ def main(argv=None) -> None:
             print(f"{label:>7} | {mode:>8} | {min(res['times']):9.3f} | {peak_mb:8.0f} | "
                   f"{res['loss']:12.6e} | {note}")
     if not math.isfinite(sum(values.values()) if values else 0.0):
-        raise SystemExit("non-finite loss")
+        raise RunError(f"non-finite loss {values}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "bench_fsl")

@@ -17,6 +17,7 @@ import time
 import torch
 
 from lib.affinity import pair_affinity
+from lib.errors import check_args, run_main
 from lib.random_walk import random_walk
 
 
@@ -45,8 +46,8 @@ def main(argv=None) -> None:
     ap.add_argument("--dim", type=int, default=448)
     ap.add_argument("--channels", type=int, nargs="+", default=[21, 3], help="C+1 values to time")
     args = ap.parse_args(argv)
-    if args.repeats < 1:
-        raise SystemExit("--repeats must be >= 1")
+    check_args(args, {"repeats": ">= 1", "threads": ">= 1", "height": ">= 1", "width": ">= 1",
+                      "dim": ">= 1", "channels": ">= 2"})
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -77,4 +78,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "bench_random_walk")

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from lib.errors import UserError, run_main
 from lib.io import atomic_path
 
 ROWS = [("cam", "CAM (stage 1)"), ("crf", "CRF alpha 4 (stage 1)"),
@@ -21,8 +22,11 @@ def collect(expdir: Path, val_split: str = "val", train_split: str = "train") ->
         f = expdir / "eval" / f"{name}.json"
         if not f.is_file():
             return None
-        d = json.loads(f.read_text())
-        return {"miou": d["miou"], "contour_f": d["contour_f"], "num_images": d["num_images"]}
+        try:
+            d = json.loads(f.read_text())
+            return {"miou": d["miou"], "contour_f": d["contour_f"], "num_images": d["num_images"]}
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{f}: not an evaluation result ({type(e).__name__}: {e})") from e
 
     out: dict = {}
     for key, _ in ROWS:
@@ -96,6 +100,8 @@ def main(argv=None) -> None:
                    help="also print the per-class IoU of every stage on the val split")
     args = p.parse_args(argv)
     expdir = Path(args.expdir)
+    if not expdir.is_dir():
+        raise UserError(f"{expdir}: --expdir is not a directory")
     res = collect(expdir, args.val_split, args.train_split)
     with atomic_path(expdir / "results.json") as tmp:
         Path(tmp).write_text(json.dumps(res, indent=2))
@@ -112,4 +118,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "collect_results")

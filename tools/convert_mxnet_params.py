@@ -9,10 +9,10 @@ written atomically and loads with ``torch.load(..., weights_only=True)``.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
+from lib.errors import run_main
 from lib.io import atomic_path
 from lib.mxnet_params import load_mxnet_as_torch
 
@@ -22,10 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("src", help="MXNet .params file")
     ap.add_argument("dst", help="output .pth (torch state_dict)")
     args = ap.parse_args(argv)
-    try:
-        state = load_mxnet_as_torch(args.src)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"convert_mxnet_params: {e}") from None
+    state = load_mxnet_as_torch(args.src)
     with atomic_path(args.dst) as tmp:
         torch.save(state, tmp)
     n = sum(t.numel() for t in state.values())
@@ -34,4 +31,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "convert_mxnet_params")

@@ -13,15 +13,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lib.errors import UserError, check_writable_dir, run_main
 from lib.io import crf_to_label, load_crf, save_label_png
 
 
 def convert(crf_dir: Path, out_dir: Path, overwrite: bool = False) -> int:
     """Write the label PNGs; returns how many were written (skipped ones are not counted)."""
+    if not crf_dir.is_dir():
+        raise UserError(f"{crf_dir}: --crf_dir is not a directory")
     files = sorted(crf_dir.glob("*.npz"))
     if not files:
-        raise SystemExit(f"crf_labels: no CRF artifacts (*.npz) in {crf_dir}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+        raise UserError(f"{crf_dir}: no CRF artifacts (*.npz); the folder is empty")
+    check_writable_dir(out_dir)
     written = 0
     for f in tqdm(files, desc="crf_labels"):
         out = out_dir / f"{f.stem}.png"
@@ -43,4 +46,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "crf_labels")

@@ -11,10 +11,11 @@ Errors (missing/mismatched/out-of-range files) exit non-zero with a message nami
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
 
 from lib.evaluation.evaluate import (accumulate_counts, default_workers, format_results, format_sweep,
                                      resolve_class_names, save_results_json, summarize)
+from lib.errors import UserError, check_args, check_writable_dir, run_main
 from lib.io import read_list
 
 
@@ -42,24 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_args(args, {"num_classes": ">= 1", "workers": ">= 1", "bg_threshold": ">= 0"})
+    ids = read_list(args.list)
+    names = resolve_class_names(args.class_names, args.gt_dir, args.num_classes)
+    if args.out_json:  # before the evaluation runs, not after
+        check_writable_dir(Path(args.out_json).parent, "folder of --out_json")
     try:
-        ids = read_list(args.list)
-        names = resolve_class_names(args.class_names, args.gt_dir, args.num_classes)
         counts = accumulate_counts(args.pred_dir, args.gt_dir, ids, args.num_classes, args.pred_type,
                                    args.bg_threshold, args.workers, bg_sweep=args.bg_sweep,
                                    progress=not args.no_progress)
-        result = summarize(counts, names)
-        title = args.title or f"{args.pred_type} predictions in {args.pred_dir}"
-        print(format_results(result, title))
-        if "bg_sweep" in result:
-            print(format_sweep(result["bg_sweep"]))
-        if args.out_json:
-            save_results_json(result, args.out_json)
-            print(f"results written to {args.out_json}")
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        raise SystemExit(f"evaluate: error: {e}")
+    except ImportError as e:  # an optional dependency of a prediction type
+        raise UserError(f"--type {args.pred_type}: {e}") from e
+    result = summarize(counts, names)
+    title = args.title or f"{args.pred_type} predictions in {args.pred_dir}"
+    print(format_results(result, title))
+    if "bg_sweep" in result:
+        print(format_sweep(result["bg_sweep"]))
+    if args.out_json:
+        save_results_json(result, args.out_json)
+        print(f"results written to {args.out_json}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "evaluate")

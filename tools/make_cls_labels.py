@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from lib.datasets.classes import get_class_names
+from lib.errors import UserError, run_main
 from lib.io import read_list, save_cls_labels
 
 
@@ -43,7 +44,7 @@ def object_names(xml_path: str | os.PathLike) -> list[str]:
     try:
         root = ET.parse(xml_path).getroot()
     except ET.ParseError as e:
-        raise ValueError(f"{xml_path}: malformed XML ({e})") from e
+        raise UserError(f"{xml_path}: malformed XML ({e})") from e
     names = []
     for obj in root.findall("object"):
         name = obj.find("name")           # direct child only: part/name is not matched
@@ -87,7 +88,7 @@ def build_cls_labels(voc_root, lists=None, dataset: str = "voc"):
     else:
         ids = sorted(p.stem for p in ann.glob("*.xml"))
     if not ids:
-        raise ValueError(f"no image ids found ({'lists ' + str(lists) if lists else ann})")
+        raise UserError(f"no image ids found ({'lists ' + str(lists) if lists else ann})")
     labels = np.zeros((len(ids), len(class_names)), np.uint8)
     ignored: Counter = Counter()
     for k, i in enumerate(ids):
@@ -105,10 +106,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dataset", default="voc", choices=["voc"])
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.voc_root) / "cls_labels.npz"
-    try:
-        ids, labels, names, ignored = build_cls_labels(args.voc_root, args.list, args.dataset)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"make_cls_labels: error: {e}")
+    ids, labels, names, ignored = build_cls_labels(args.voc_root, args.list, args.dataset)
     save_cls_labels(out, ids, labels, names)
     per_class = ", ".join(f"{n} {int(c)}" for n, c in zip(names, labels.sum(0)))
     print(f"wrote {out}: {len(ids)} images, {len(names)} classes ({per_class}); "
@@ -118,4 +116,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "make_cls_labels")

@@ -62,6 +62,7 @@ import numpy as np
 from PIL import Image
 
 from lib.datasets.classes import SYNTHETIC_CLASSES
+from lib.errors import UserError, run_main
 from lib.io import atomic_path, save_label_png
 
 CLASS_HUES = {"disc": 0.0, "box": 0.62, "triangle": 0.33, "star": 0.14, "ring": 0.8}
@@ -531,21 +532,21 @@ def preview_grid(root: str | Path, ids: list[str], path: str | Path, cols: int =
 def validate(out, num_train, num_val, size, seed, overwrite) -> None:
     """Reject bad arguments with a message (ValueError)."""
     if num_train < 1:
-        raise ValueError(f"--num_train must be >= 1, got {num_train}")
+        raise UserError(f"--num_train must be >= 1, got {num_train}")
     if num_val < 0:
-        raise ValueError(f"--num_val must be >= 0, got {num_val}")
+        raise UserError(f"--num_val must be >= 0, got {num_val}")
     if num_train + num_val > 1_000_000:
-        raise ValueError("at most 1,000,000 images (ids have 6 digits)")
+        raise UserError("at most 1,000,000 images (ids have 6 digits)")
     if size < MIN_SIZE:
-        raise ValueError(f"--size must be >= {MIN_SIZE} px, got {size}")
+        raise UserError(f"--size must be >= {MIN_SIZE} px, got {size}")
     if seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {seed}")
+        raise UserError(f"--seed must be >= 0, got {seed}")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
+        raise UserError(f"--out {out} exists and is not a directory")
     existing = [n for n in (*OUTPUTS, "classes.txt") if (out / n).exists()]
     if existing and not overwrite:
-        raise ValueError(f"--out {out} already holds {existing}; pass --overwrite to replace them")
+        raise UserError(f"--out {out} already holds {existing}; pass --overwrite to replace them")
 
 
 def main(argv=None) -> None:
@@ -559,10 +560,7 @@ def main(argv=None) -> None:
     ap.add_argument("--overwrite", action="store_true", help="replace the dataset folders in --out")
     ap.add_argument("--preview", default=None, help="also save a PNG grid of the first 8 images + labels")
     args = ap.parse_args(argv)
-    try:
-        res = generate(args.out, args.num_train, args.num_val, args.size, args.seed, args.overwrite)
-    except ValueError as e:
-        raise SystemExit(f"make_synthetic_voc: error: {e}")
+    res = generate(args.out, args.num_train, args.num_val, args.size, args.seed, args.overwrite)
     print(f"wrote {len(res['train'])} train + {len(res['val'])} val images of {args.size} px to "
           f"{args.out} in {res['seconds']:.1f} s", file=sys.stderr)
     if args.preview:
@@ -570,4 +568,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "make_synthetic_voc")

@@ -12,9 +12,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from lib.errors import UserError, run_main
 from lib.io import atomic_path, read_list
 
 FULL_TRAIN_AUG = 10582
@@ -35,13 +35,13 @@ def make_train_aug(voc_root, aug_dir=None, val_list=None, check_images: bool = T
         raise FileNotFoundError(f"augmented label folder {aug_dir} does not exist")
     aug_ids = {p.stem for p in aug_dir.glob("*.png") if not p.name.startswith(".")}
     if not aug_ids:
-        raise ValueError(f"{aug_dir}: contains no .png label")
+        raise UserError(f"{aug_dir}: contains no .png label")
     val_ids = set(read_list(val_list))
     if not val_ids:
-        raise ValueError(f"{val_list}: empty val list")
+        raise UserError(f"{val_list}: empty val list")
     ids = sorted(aug_ids - val_ids)
     if not ids:
-        raise ValueError(f"{aug_dir}: every label id is in {val_list}; train_aug would be empty")
+        raise UserError(f"{aug_dir}: every label id is in {val_list}; train_aug would be empty")
     if check_images:
         missing = [i for i in ids if not (voc_root / "JPEGImages" / f"{i}.jpg").is_file()]
         if missing:
@@ -67,12 +67,9 @@ def main(argv=None) -> int:
                    help=f"fail unless exactly this many ids result (full VOC + SBD: {FULL_TRAIN_AUG})")
     p.add_argument("--no_check_images", action="store_true", help="do not require JPEGImages/<id>.jpg")
     args = p.parse_args(argv)
-    try:
-        ids = make_train_aug(args.voc_root, args.aug_dir, args.val_list, not args.no_check_images)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"make_train_aug: {e}")
+    ids = make_train_aug(args.voc_root, args.aug_dir, args.val_list, not args.no_check_images)
     if args.expect is not None and len(ids) != args.expect:
-        raise SystemExit(f"make_train_aug: {len(ids)} train_aug ids, expected {args.expect}")
+        raise UserError(f"{args.voc_root}: {len(ids)} train_aug ids, expected {args.expect} (--expect)")
     out = Path(args.out) if args.out else Path(args.voc_root) / "ImageSets/Segmentation/train_aug.txt"
     write_list(out, ids)
     note = "" if len(ids) == FULL_TRAIN_AUG else f" (the full VOC 2012 + SBD gives {FULL_TRAIN_AUG})"
@@ -81,4 +78,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "make_train_aug")

@@ -35,6 +35,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 
 from lib.datasets.classes import get_class_names
+from lib.errors import UserError, run_main
 from lib.io import atomic_path, save_cls_labels, save_label_png
 
 ID_DIGITS = 12
@@ -94,23 +95,23 @@ class CocoSplit:
             with open(ann_file) as f:
                 data = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{ann_file}: not valid JSON ({e})") from e
+            raise UserError(f"{ann_file}: not valid JSON ({e})") from e
         for key in ("images", "annotations", "categories"):
             if not isinstance(data.get(key), list):
-                raise ValueError(f"{ann_file}: missing list '{key}' (not an instances_*.json file?)")
+                raise UserError(f"{ann_file}: missing list '{key}' (not an instances_*.json file?)")
         try:
             cats = sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
             images = sorted((int(im["id"]), int(im["height"]), int(im["width"])) for im in data["images"])
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{ann_file}: malformed category or image entry ({e!r})") from e
+            raise UserError(f"{ann_file}: malformed category or image entry ({e!r})") from e
         if not cats:
-            raise ValueError(f"{ann_file}: no categories")
+            raise UserError(f"{ann_file}: no categories")
         if len(cats) > 254:
-            raise ValueError(f"{ann_file}: {len(cats)} categories do not fit an 8-bit label map")
+            raise UserError(f"{ann_file}: {len(cats)} categories do not fit an 8-bit label map")
         if len({c for c, _ in cats}) != len(cats):
-            raise ValueError(f"{ann_file}: duplicate category ids")
+            raise UserError(f"{ann_file}: duplicate category ids")
         if len({i for i, _, _ in images}) != len(images):
-            raise ValueError(f"{ann_file}: duplicate image ids")
+            raise UserError(f"{ann_file}: duplicate image ids")
         self.ann_file = ann_file
         self.cat_ids = [c for c, _ in cats]
         self.class_names = [n for _, n in cats]
@@ -121,11 +122,11 @@ class CocoSplit:
             try:
                 image_id, cat_id, segm = int(a["image_id"]), int(a["category_id"]), a["segmentation"]
             except (KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{ann_file}: malformed annotation {a.get('id', '?')} ({e!r})") from e
+                raise UserError(f"{ann_file}: malformed annotation {a.get('id', '?')} ({e!r})") from e
             if image_id not in self.anns:
-                raise ValueError(f"{ann_file}: annotation {a.get('id', '?')} refers to unknown image {image_id}")
+                raise UserError(f"{ann_file}: annotation {a.get('id', '?')} refers to unknown image {image_id}")
             if cat_id not in self.cat_index:
-                raise ValueError(f"{ann_file}: annotation {a.get('id', '?')} has unknown category {cat_id}")
+                raise UserError(f"{ann_file}: annotation {a.get('id', '?')} has unknown category {cat_id}")
             self.anns[image_id].append((self.cat_index[cat_id], segm))
 
     @property
@@ -156,7 +157,7 @@ def sync_class_file(coco_root, class_names, ann_file) -> None:
     if current == list(class_names):
         return
     if path.is_file():
-        raise ValueError(f"{ann_file}: categories {list(class_names)[:5]}... (C={len(class_names)}) "
+        raise UserError(f"{ann_file}: categories {list(class_names)[:5]}... (C={len(class_names)}) "
                          f"differ from {path} ({current[:5]}..., C={len(current)})")
     print(f"note: the {len(class_names)} category names of {ann_file} are not the 80 COCO class "
           f"names; writing them to {path}", file=sys.stderr)
@@ -169,7 +170,7 @@ def _write_png(task) -> str:
     try:
         save_label_png(out, paint_label(h, w, anns))
     except Exception as e:  # re-raised in the parent with the image named
-        raise RuntimeError(f"image {image_id}: {e}") from e
+        raise UserError(f"image {image_id}: {e}") from e
     return out
 
 
@@ -228,17 +229,14 @@ def main(argv=None) -> int:
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args(argv)
     if args.ann_file and len(args.splits) != 1:
-        raise SystemExit("process_coco: --ann_file needs exactly one --split")
+        raise UserError("--ann_file: needs exactly one --split")
     for split in args.splits:
-        try:
-            s = process_split(args.coco_root, split, args.workers, args.overwrite, args.ann_file,
-                              progress=not args.no_progress)
-        except (FileNotFoundError, ValueError, RuntimeError) as e:
-            raise SystemExit(f"process_coco: {e}")
+        s = process_split(args.coco_root, split, args.workers, args.overwrite, args.ann_file,
+                          progress=not args.no_progress)
         print(f"{s['split']}: {s['images']} images, {s['classes']} classes; "
               f"{s['written']} label PNGs written, {s['skipped']} existing kept")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "process_coco")

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lib.io import atomic_path, load_cam, load_label_png, read_list, voc_palette
+from lib.errors import UserError, check_args, check_writable_dir, run_main
+from lib.io import atomic_path, load_cam, load_image, load_label_png, read_list, voc_palette
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 _PALETTE = voc_palette()
@@ -146,8 +147,7 @@ def make_panel(image_id: str, image_dir: Path, label_dirs: list[Path], names: li
                cam_dir: Path | None = None, alpha: float = 0.5, contours: bool = True,
                allow_missing: bool = False, height: int = 0) -> np.ndarray:
     """The panel of one image: (H', W', 3) uint8 with titled tiles side by side."""
-    with Image.open(find_image(image_dir, image_id)) as im:
-        image = np.asarray(im.convert("RGB"))
+    image = load_image(find_image(image_dir, image_id))  # a truncated file is named
     h, w = image.shape[:2]
     tiles = [titled(resize_to_height(image, height, False), "image")]
     if cam_dir is not None:
@@ -165,7 +165,7 @@ def make_panel(image_id: str, image_dir: Path, label_dirs: list[Path], names: li
         if path.is_file():
             label = load_label_png(path)
             if label.shape != (h, w):
-                raise ValueError(f"{path}: label size {label.shape} differs from the image {(h, w)}")
+                raise UserError(f"{path}: label size {label.shape} differs from the image {(h, w)}")
             tile = overlay_label(image, label, alpha, contours)
         elif allow_missing:
             tile = placeholder(h, w)
@@ -198,49 +198,46 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no_contours", action="store_true", help="do not draw class boundaries")
     p.add_argument("--allow_missing", action="store_true",
                    help="draw a grey tile for a missing label/CAM file instead of failing")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_args(args, {"max_images": ">= 0", "grid_max": ">= 1", "height": ">= 0",
+                      "alpha": "[0, 1]"})
+    return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     image_dir = Path(args.image_dir)
     if not image_dir.is_dir():
-        raise SystemExit(f"--image_dir {image_dir} is not a directory")
+        raise UserError(f"{image_dir}: --image_dir is not a directory")
     label_dirs = [Path(d) for d in args.label_dirs]
     for d in label_dirs + ([Path(args.cam_dir)] if args.cam_dir else []):
         if not d.is_dir():
-            raise SystemExit(f"{d} is not a directory")
+            raise UserError(f"{d}: not a directory")
     names = args.names if args.names else [d.name for d in label_dirs]
     if len(names) != len(label_dirs):
-        raise SystemExit(f"--names has {len(names)} entries for {len(label_dirs)} --label_dirs")
+        raise UserError(f"--names: {len(names)} entries for {len(label_dirs)} --label_dirs")
     if args.ids:
         ids = list(args.ids)
     elif args.list:
-        try:
-            ids = read_list(args.list)
-        except FileNotFoundError as e:
-            raise SystemExit(str(e)) from None
+        ids = read_list(args.list)
     else:
         src = label_dirs[0] if label_dirs else (Path(args.cam_dir) if args.cam_dir else None)
         if src is None:
-            raise SystemExit("give --ids, --list, or at least one --label_dirs / --cam_dir")
+            raise UserError("give --ids, --list, or at least one --label_dirs / --cam_dir")
         ids = sorted(p.stem for p in src.iterdir() if p.suffix in (".png", ".npz"))
     if args.max_images:
         ids = ids[:args.max_images]
     if not ids:
-        raise SystemExit("no image ids to visualise")
-    out = Path(args.out)
+        raise UserError("no image ids to visualise")
+    out = check_writable_dir(args.out)
     rows = []
-    try:
-        for image_id in ids:
-            panel = make_panel(image_id, image_dir, label_dirs, names,
-                               Path(args.cam_dir) if args.cam_dir else None, args.alpha,
-                               not args.no_contours, args.allow_missing, args.height)
-            save_png(out / f"{image_id}.png", panel)
-            if args.grid and len(rows) < args.grid_max:
-                rows.append(panel)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"visualize: {e}") from None
+    for image_id in ids:
+        panel = make_panel(image_id, image_dir, label_dirs, names,
+                           Path(args.cam_dir) if args.cam_dir else None, args.alpha,
+                           not args.no_contours, args.allow_missing, args.height)
+        save_png(out / f"{image_id}.png", panel)
+        if args.grid and len(rows) < args.grid_max:
+            rows.append(panel)
     if rows:
         save_png(out / "grid.png", vstack_pad(rows))
     print(f"visualize: wrote {len(ids)} panels to {out}" + (" and grid.png" if rows else ""),
@@ -248,4 +245,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "visualize")

@@ -27,10 +27,11 @@ import torch
 from torch.utils.data import Dataset
 
 from lib.affinity import affinity_label_map
+from lib.errors import UserError
 from lib.io import load_crf
 
 from .datasets import load_image
-from .layout import Layout
+from .layout import Layout, check_files_exist
 from .transforms import (ColorJitter, Normalize, RandomCrop, RandomHorizontalFlip,
                          RandomResizeLong, to_chw_tensor)
 
@@ -86,11 +87,10 @@ class AffinityDataset(Dataset):
         return len(self.ids)
 
     def check_files(self) -> None:
-        """Fail early, naming the first missing image or CRF file."""
-        for i in self.ids:
-            for p in (self.layout.image_path(i), self.la_dir / f"{i}.npz", self.ha_dir / f"{i}.npz"):
-                if not Path(p).is_file():
-                    raise FileNotFoundError(f"AffinityDataset: {p} (image {i}) does not exist")
+        """Fail early, naming the first missing image or CRF file and how many are missing."""
+        check_files_exist([self.layout.image_path(i) for i in self.ids], "image")
+        for d in (self.la_dir, self.ha_dir):
+            check_files_exist([d / f"{i}.npz" for i in self.ids], "CRF file")
 
     def set_epoch(self, epoch: int) -> None:
         """Vary the augmentation of a seeded dataset per epoch."""
@@ -112,7 +112,7 @@ class AffinityDataset(Dataset):
                 raise FileNotFoundError(f"AffinityDataset: CRF file {p} does not exist")
             keys, probs = load_crf(p)
             if probs.shape[1:] != image.shape[:2] or probs.shape[0] == 0:
-                raise ValueError(f"{p}: CRF maps {probs.shape} do not match image {path} "
+                raise UserError(f"{p}: CRF maps {probs.shape} do not match image {path} "
                                  f"of size {image.shape[:2]}")
             out.append((keys, probs))
         return out

@@ -21,23 +21,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from lib.io import load_label_png
+from lib.errors import UserError
+from lib.io import load_image, load_label_png  # noqa: F401 - load_image is used from here too
 
-from .layout import Layout
+from .layout import Layout, check_files_exist
 from .transforms import (ColorJitter, HSVJitter, Normalize, RandomCrop, RandomHorizontalFlip,
                          RandomResizeLong, RandomScale, to_chw_tensor)
-
-
-def load_image(path) -> np.ndarray:
-    """RGB image as (H, W, 3) uint8; FileNotFoundError / ValueError name the path."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read image ({e})") from e
 
 
 def load_label(path) -> np.ndarray:
@@ -51,11 +40,11 @@ def load_label(path) -> np.ndarray:
 def _check_labels(ids: list[str], cls_labels: dict, num_classes: int, where: str) -> None:
     missing = [i for i in ids if i not in cls_labels]
     if missing:
-        raise ValueError(f"{where}: {len(missing)} of {len(ids)} ids have no image-level label "
+        raise UserError(f"{where}: {len(missing)} of {len(ids)} ids have no image-level label "
                          f"(first: {missing[0]!r}); regenerate the cls_labels file")
     bad = next((i for i in ids if np.shape(cls_labels[i]) != (num_classes,)), None)
     if bad is not None:
-        raise ValueError(f"{where}: label of {bad!r} has shape {np.shape(cls_labels[bad])}, "
+        raise UserError(f"{where}: label of {bad!r} has shape {np.shape(cls_labels[bad])}, "
                          f"expected ({num_classes},) for the layout's classes")
 
 
@@ -65,6 +54,7 @@ class _Base(Dataset):
         self.ids = list(layout.ids() if ids is None else ids)
         self.seed = seed
         self.epoch = 0
+        check_files_exist([layout.image_path(i) for i in self.ids], "image")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -175,6 +165,9 @@ class SegmentationDataset(_Base):
         self.label_dir = Path(label_dir) if label_dir is not None else None
         if self.label_dir is not None and not self.label_dir.is_dir():
             raise FileNotFoundError(f"label directory {self.label_dir} does not exist")
+        if train:  # evaluation-style use may look only at images; training needs every label
+            check_files_exist([self.label_path(i) for i in self.ids],
+                              "label map" if self.label_dir is None else "pseudo label")
         self.train = train
         self.hsv = HSVJitter(*hsv) if (train and hsv is not None) else None
         self.flip = RandomHorizontalFlip(0.5) if (train and flip) else None
@@ -191,7 +184,7 @@ class SegmentationDataset(_Base):
         lab_path = self.label_path(iid)
         lab = load_label(lab_path)
         if lab.shape != img.shape[:2]:
-            raise ValueError(f"{lab_path}: label size {lab.shape} differs from image size {img.shape[:2]}")
+            raise UserError(f"{lab_path}: label size {lab.shape} differs from image size {img.shape[:2]}")
         if self.train:
             rng = self._rng(index)
             if self.hsv is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lib.errors import UserError
 from lib.io import read_list
 
 from .classes import get_class_names
@@ -133,9 +134,9 @@ _LAYOUTS = {"voc": VOCLayout, "synthetic": SyntheticLayout, "coco": COCOLayout}
 def get_layout(dataset: str, root: str | os.PathLike, split: str) -> Layout:
     """Layout of ``split`` of ``dataset`` ('voc', 'coco'; 'synthetic' = VOC layout) under ``root``."""
     if dataset not in _LAYOUTS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(_LAYOUTS)}")
+        raise UserError(f"unknown dataset {dataset!r}; expected one of {sorted(_LAYOUTS)}")
     if not split or "/" in split or "\\" in split:
-        raise ValueError(f"invalid split name {split!r}")
+        raise UserError(f"invalid split name {split!r}")
     return _LAYOUTS[dataset](root, split)
 
 
@@ -157,3 +158,19 @@ def resolve_list(dataset: str, root, split_or_file: str) -> tuple[Layout, list[s
     if not layout.list_path().is_file():
         raise FileNotFoundError(f"split {split_or_file!r}: list file {layout.list_path()} does not exist")
     return layout, layout.ids()
+
+
+def check_files_exist(paths, what: str) -> None:
+    """Fail before any training or inference when files of an image list are missing.
+
+    ``paths``: the expected files (one per image id); ``what``: their kind ("image", "pseudo
+    label", ...). Raises ``UserError("<first missing>: <what> does not exist (N of M missing,
+    also: ...)")``; a stat per file, so cheap even for COCO's 80k images.
+    """
+    paths = [Path(p) for p in paths]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        more = f"; also {', '.join(str(p) for p in missing[1:3])}" if len(missing) > 1 else ""
+        more += ", ..." if len(missing) > 3 else ""
+        raise UserError(f"{missing[0]}: {what} does not exist ({len(missing)} of {len(paths)} "
+                        f"listed {what}s missing{more})")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.errors import UserError
 from lib.io import atomic_path, cam_to_label, crf_to_label, load_cam, load_crf, load_label_png
 from lib.evaluation.contour import contour_counts, contour_fscore_from_counts
 from lib.evaluation.miou import (SWEEP_THRESHOLDS, cam_fg_argmax, confusion_matrix,
@@ -78,9 +79,9 @@ def resolve_class_names(spec, gt_dir, num_classes: int) -> list[str]:
     if len(names) == n + 1 and names[0].lower() == "background":
         names = names[1:]
     if len(names) != n:
-        raise ValueError(f"{source}: {len(names)} names for num_classes={n}")
+        raise UserError(f"{source}: {len(names)} names for num_classes={n}")
     if len(set(names)) != n or "background" in names:
-        raise ValueError(f"{source}: class names must be unique and not 'background'")
+        raise UserError(f"{source}: class names must be unique and not 'background'")
     return names
 
 
@@ -94,7 +95,7 @@ def _check_values(label: np.ndarray, num_classes: int, path, allow_void: bool) -
         bad = bad[bad != 255]
     if bad.size:
         allowed = f"0..{num_classes}" + (" or 255 (void)" if allow_void else "")
-        raise ValueError(f"{path}: label values {bad.tolist()} out of range (allowed {allowed})")
+        raise UserError(f"{path}: label values {bad.tolist()} out of range (allowed {allowed})")
     return hist
 
 
@@ -105,7 +106,7 @@ def load_gt(gt_dir, image_id: str, num_classes: int) -> tuple[np.ndarray, np.nda
         raise FileNotFoundError(f"ground truth {path} missing (image id '{image_id}')")
     gt = load_label_png(path)
     if gt.ndim != 2:
-        raise ValueError(f"{path}: GT must be a single-channel label PNG, got shape {gt.shape}")
+        raise UserError(f"{path}: GT must be a single-channel label PNG, got shape {gt.shape}")
     return gt, _check_values(gt, num_classes, path, allow_void=True)
 
 
@@ -120,18 +121,18 @@ def load_prediction(pred_dir, image_id: str, pred_type: str, num_classes: int,
     if pred_type == "png":
         label = load_label_png(path)
         if label.ndim != 2:
-            raise ValueError(f"{path}: prediction must be a single-channel label PNG, got shape {label.shape}")
+            raise UserError(f"{path}: prediction must be a single-channel label PNG, got shape {label.shape}")
     elif pred_type == "cam":
         keys, cams = load_cam(path)
         if keys.size and (keys.min() < 0 or keys.max() >= num_classes):
-            raise ValueError(f"{path}: CAM keys {keys.tolist()} out of range 0..{num_classes - 1}")
+            raise UserError(f"{path}: CAM keys {keys.tolist()} out of range 0..{num_classes - 1}")
         label = cam_to_label(keys, cams, bg_threshold=bg_threshold)
         if with_fg:
             fg = cam_fg_argmax(keys, cams)
     else:
         keys, probs = load_crf(path)
         if keys.size == 0 or keys.min() < 0 or keys.max() > num_classes:
-            raise ValueError(f"{path}: CRF keys {keys.tolist()} out of range 0..{num_classes}")
+            raise UserError(f"{path}: CRF keys {keys.tolist()} out of range 0..{num_classes}")
         label = crf_to_label(keys, probs)
     return (label, fg, path) if with_fg else (label, path)
 
@@ -151,7 +152,7 @@ def _evaluate_one(cfg: dict, image_id: str):
                           with_fg=cfg["bg_sweep"])
     pred, path = out[0], out[-1]
     if pred.shape != gt.shape:
-        raise ValueError(f"{path}: prediction size {pred.shape[1]}x{pred.shape[0]} (WxH) does not match "
+        raise UserError(f"{path}: prediction size {pred.shape[1]}x{pred.shape[0]} (WxH) does not match "
                          f"ground truth {Path(cfg['gt_dir']) / (image_id + '.png')} size "
                          f"{gt.shape[1]}x{gt.shape[0]}")
     pred_hist = _check_values(pred, n, path, allow_void=False)
@@ -200,13 +201,13 @@ def default_workers() -> int:
 
 def _check_args(pred_type, num_classes, bg_threshold, bg_sweep):
     if pred_type not in PRED_TYPES:
-        raise ValueError(f"pred_type must be one of {PRED_TYPES}, got {pred_type!r}")
+        raise UserError(f"pred_type must be one of {PRED_TYPES}, got {pred_type!r}")
     if not 1 <= int(num_classes) <= 254:
-        raise ValueError(f"num_classes must be in 1..254, got {num_classes}")
+        raise UserError(f"num_classes must be in 1..254, got {num_classes}")
     if bg_threshold is not None and pred_type != "cam":
-        raise ValueError("bg_threshold only applies to CAM predictions (pred_type='cam')")
+        raise UserError("bg_threshold only applies to CAM predictions (pred_type='cam')")
     if bg_sweep and pred_type != "cam":
-        raise ValueError("the background threshold sweep only applies to CAM predictions (pred_type='cam')")
+        raise UserError("the background threshold sweep only applies to CAM predictions (pred_type='cam')")
 
 
 def _check_files_exist(pred_dir, gt_dir, ids, pred_type):
@@ -227,7 +228,7 @@ def accumulate_counts(pred_dir, gt_dir, ids, num_classes: int, pred_type: str = 
     """Stream over ``ids`` and sum the per-image counts (see module docstring)."""
     ids = [str(i) for i in ids]
     if not ids:
-        raise ValueError("no image ids to evaluate (empty list)")
+        raise UserError("no image ids to evaluate (empty list)")
     _check_args(pred_type, num_classes, bg_threshold, bg_sweep)
     _check_files_exist(pred_dir, gt_dir, ids, pred_type)
     n = int(num_classes)
