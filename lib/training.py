@@ -2,7 +2,7 @@
 
 Each stage script keeps its own loss and model; everything here is stage-agnostic:
 
-* ``make_loader``   — DistributedSampler when world > 1, per-process batch = global / world.
+* ``make_loader``   — each process's share of every global batch (:class:`GlobalBatchSampler`).
 * ``wrap_ddp``      — DistributedDataParallel when world > 1 (never DataParallel).
 * ``autocast``      — bf16 autocast on CUDA when ``--amp``; a no-op on the CPU.
 * ``iterate_steps`` — yields (step, batch) over epochs until ``max_step`` (resumable).
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Sampler
 
 from lib import dist
 from lib.io import atomic_path
@@ -77,20 +78,80 @@ def add_weak_stage_args(p: argparse.ArgumentParser, session_default: str) -> Non
                         "--no-frozen_bn trains BN statistics and the stem (from-scratch demos)")
 
 
+class GlobalBatchSampler(Sampler[list[int]]):
+    """This process's share of each global batch, in the single-process order.
+
+    Every rank draws the same permutation from its own copy of the seeded ``generator`` (the one
+    the DataLoader also draws its worker seed from, so the stream is exactly that of a
+    single-process ``DataLoader(shuffle=True, generator=...)``), cuts it into global batches of
+    ``global_batch`` images and keeps the slice :func:`lib.dist.shard_bounds` gives the rank
+    (10 over 4 -> 3, 3, 2, 2). Together the K ranks see, step by step, the images one process
+    sees with the whole batch.
+    """
+
+    def __init__(self, num_items: int, global_batch: int, rank: int, world: int,
+                 generator: torch.Generator, shuffle: bool = True, drop_last: bool = True):
+        dist.shard_sizes(global_batch, world)  # refuses a batch smaller than the world
+        tail = num_items % global_batch
+        if not drop_last and 0 < tail < world:
+            raise SystemExit(f"the last batch of {tail} image(s) cannot be split over {world} "
+                             "processes; drop it or change the batch size")
+        self.num_items, self.global_batch = num_items, global_batch
+        self.rank, self.world = rank, world
+        self.generator, self.shuffle, self.drop_last = generator, shuffle, drop_last
+
+    def __iter__(self):
+        n, gb = self.num_items, self.global_batch
+        order = (torch.randperm(n, generator=self.generator).tolist() if self.shuffle
+                 else list(range(n)))
+        for b0 in range(0, n, gb):
+            batch = order[b0:b0 + gb]
+            if len(batch) < gb and self.drop_last:
+                break
+            start, stop = dist.shard_bounds(len(batch), self.rank, self.world)
+            yield batch[start:stop]
+        if self.shuffle:
+            # RandomSampler draws one more (empty) permutation when it is exhausted; doing the
+            # same keeps the generator's stream, and so a single process's epochs, unchanged.
+            torch.randperm(n, generator=self.generator)
+
+    def __len__(self) -> int:
+        full, tail = divmod(self.num_items, self.global_batch)
+        return full + (bool(tail) and not self.drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        """No-op: each epoch's order is the next draw of the generator, as on a single process."""
+
+
+def _reseed_worker_for_rank(rank: int, worker_id: int) -> None:
+    """worker_init_fn of rank > 0: every rank's loader has the same seeded generator (for the
+    common batch order), so its workers would repeat rank 0's augmentation draws; offset them."""
+    import random
+
+    import numpy as np
+
+    s = (torch.initial_seed() + 1_000_003 * rank) % 2**63
+    torch.manual_seed(s)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+
+
 def make_loader(dataset, global_batch: int, rank: int, world: int, seed: int, num_workers: int,
                 shuffle: bool = True, drop_last: bool = True):
-    """DataLoader of per-process batches; returns (loader, sampler or None)."""
-    per_proc = dist.per_process_batch(global_batch, world)
+    """DataLoader of this process's share of each global batch; returns (loader, sampler).
+
+    The sampler is a :class:`GlobalBatchSampler` (``set_epoch`` is a no-op); with one process
+    the batches are exactly those of ``DataLoader(shuffle=True, generator=Generator(seed))``.
+    """
     if len(dataset) < global_batch and drop_last:
         raise SystemExit(f"dataset has {len(dataset)} images, fewer than --batch_size {global_batch}")
-    sampler = None
-    if world > 1:
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle,
-                                     seed=seed, drop_last=drop_last)
     g = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=per_proc, shuffle=shuffle and sampler is None,
-                        sampler=sampler, num_workers=num_workers, drop_last=drop_last,
+    sampler = GlobalBatchSampler(len(dataset), global_batch, rank, world, g, shuffle=shuffle,
+                                 drop_last=drop_last)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                         pin_memory=torch.cuda.is_available(), generator=g,
+                        worker_init_fn=(functools.partial(_reseed_worker_for_rank, rank) if rank > 0
+                                        else None),
                         persistent_workers=num_workers > 0)
     return loader, sampler
 
