@@ -96,7 +96,9 @@ def one_step(name: str, rank: int, world: int) -> dict:
     else:
         from stage3_seg.train_seg import seg_loss
 
-        loss, parts, _ = seg_loss(model, img, label.long(), 0.5, 2.5, 5.0)
+        # FSL weight 50 (0.5 in the configs): at random init the FSL gradient is ~1e-4 of the
+        # CE one; the larger weight makes a wrong FSL normalisation visible.
+        loss, parts, _ = seg_loss(model, img, label.long(), 50.0, 2.5, 5.0)
     loss.backward()
     bare = dist.unwrap(model)
     grads = {k: p.grad.detach().clone() for k, p in bare.named_parameters() if p.grad is not None}
@@ -113,6 +115,7 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
         results = {name: one_step(name, rank, world) for name in ("cam", "aff", "seg")}
         if rank == 0:
             torch.save(results, out)
+        tdist.barrier()
     finally:
         tdist.destroy_process_group()
 
