@@ -5,7 +5,8 @@ Per iteration, for a batch of crops x (N, 3, S, S) with pseudo labels y (N, S, S
     logits, cam = net(x)                 logits (N, C+1, S, S) upsampled, cam (N, C+1, h, w)
     L = CE(logits, y; ignore 255)  +  FSL_WEIGHT * L_fs(x01, cam; FSL_MU, FSL_SIGMA)
 
-where x01 is the de-normalised crop bilinearly resized to the cam's (h, w) (stride 8) and L_fs
+where x01 is the crop bilinearly resized to the cam's (h, w) (stride 8; align_corners=True, the
+original's, ``--no-fsl_align_corners`` for cell centres) and de-normalised, and L_fs
 is ``lib.losses.feature_similarity.feature_similarity_loss``. SGD (momentum 0.9, wd 5e-4) over
 the Conv2d parameters only, four groups with lr x1 / x2 / x10 / x20 (backbone weights, backbone
 biases, new-layer weights conv_fov/conv_fov2/cls_conv, new biases), the learning rate
@@ -16,7 +17,7 @@ Usage::
 
     python -m stage3_seg.train_seg --config voc/config_voc2012.py \\
         --pseudo_gt EXP/plabels/train/rw --session_name EXP/ckpts/final [--set KEY=VALUE ...]
-    torchrun --nproc_per_node 4 -m stage3_seg.train_seg ...   # global BATCH split over processes
+    torchrun --nproc_per_node 4 -m stage3_seg.train_seg ...   # global BATCH split 3, 3, 2, 2
 
 Writes ``<session_name>.pth`` (plain state_dict), ``<session_name>.state.pth`` (for --resume),
 ``<session_name>.config.json`` (effective config + arguments) and TensorBoard logs in
@@ -60,7 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image_every", type=int, default=500,
                    help="log a prediction overlay to TensorBoard every N steps (0: never)")
     p.add_argument("--sync_bn", action=argparse.BooleanOptionalAction, default=True,
-                   help="SyncBatchNorm across GPUs under torchrun (the original's SyncBN); CUDA only")
+                   help="SyncBatchNorm under torchrun on CUDA: statistics over the global batch, "
+                        "as the original's one-GPU configs (GPUS=1) compute them; --no-sync_bn: "
+                        "per-process statistics, as its DataParallel over several GPUs (always "
+                        "so on the CPU, where SyncBatchNorm is unavailable)")
     add_common_train_args(p)
     add_config_args(p)
     return p.parse_args(argv)
