@@ -1,9 +1,18 @@
 """One code path for a CPU process, one GPU, or many processes under ``torchrun``.
 
 ``torchrun`` sets RANK / WORLD_SIZE / LOCAL_RANK; a plain ``python -m ...`` has none of them and
-runs as a world of one. Gradients are averaged by DistributedDataParallel, and every stage splits
-its global ``--batch_size`` evenly over the processes, so the effective batch is the same as the
-original's single DataParallel batch.
+runs as a world of one.
+
+K processes compute what one process computes on the whole batch (the original's DataParallel):
+
+* the batch flags and configs mean the **global** batch, split over the processes as evenly as
+  possible (:func:`shard_sizes`: 10 over 4 -> 3, 3, 2, 2);
+* every loss is normalised by its **global** count: a process computes its local sum divided by
+  the all-reduced count (:func:`all_reduce_sum`, :func:`batch_share`), so the K local losses add
+  up to the single-process loss; DistributedDataParallel *averages* gradients, hence the local
+  loss is back-propagated multiplied by the world size (:func:`world_size`);
+* the logged losses are the global values (:func:`global_parts`).
+See docs/DISTRIBUTED.md for the measured equivalence.
 """
 from __future__ import annotations
 
@@ -13,6 +22,8 @@ import random
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from lib.errors import UserError
 
 
 def setup_distributed(device_arg: str = "auto") -> tuple[int, int, torch.device]:
@@ -53,13 +64,51 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def per_process_batch(global_batch: int, world: int) -> int:
-    """Split the global batch over processes; refuse a split that would change its size."""
-    if global_batch % world:
-        from lib.errors import UserError
+def shard_sizes(global_batch: int, world: int) -> list[int]:
+    """Images of each process in a global batch: as even as possible, the larger shares first
+    (10 over 4 -> [3, 3, 2, 2]). Every process needs at least one image."""
+    if global_batch < world:
+        raise UserError(f"--batch_size: the global batch of {global_batch} image(s) cannot be split over "
+                         f"{world} processes (each needs one); use a batch >= {world}")
+    base, extra = divmod(global_batch, world)
+    return [base + (r < extra) for r in range(world)]
 
-        raise UserError(f"--batch_size: {global_batch} is not divisible by the {world} processes")
-    return global_batch // world
+
+def shard_bounds(global_batch: int, rank: int, world: int) -> tuple[int, int]:
+    """[start, stop) of this rank's images within a global batch (see :func:`shard_sizes`)."""
+    sizes = shard_sizes(global_batch, world)
+    start = sum(sizes[:rank])
+    return start, start + sizes[rank]
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of a (detached) tensor over all processes; a copy of it in a world of one."""
+    t = t.detach().clone()
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def batch_share(n_local: int, device: torch.device | str = "cpu") -> float:
+    """n_local / N_global: the weight of this process's per-image mean in the global mean.
+
+    A loss that is a mean over images (and a fixed number of elements per image) has the global
+    value sum_r share_r * mean_r; back-propagating ``world_size() * share * mean_r`` on every rank
+    gives, after DDP's averaging, the gradient of the global mean.
+    """
+    total = all_reduce_sum(torch.tensor(float(n_local), dtype=torch.float64, device=device))
+    return n_local / float(total)
+
+
+def global_parts(parts: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
+    """Sum each logged value over the processes (one all-reduce); callers pass each process's
+    *contribution* (its local sum over the global count), so the sum is the global value."""
+    if not dist.is_initialized() or not parts:
+        return dict(parts)
+    keys = list(parts)
+    vals = all_reduce_sum(torch.tensor([float(parts[k]) for k in keys], dtype=torch.float64,
+                                       device=device))
+    return {k: float(v) for k, v in zip(keys, vals.tolist())}
 
 
 def seed_everything(seed: int, rank: int = 0) -> torch.Generator:

@@ -2,7 +2,7 @@
 
 Each stage script keeps its own loss and model; everything here is stage-agnostic:
 
-* ``make_loader``   — DistributedSampler when world > 1, per-process batch = global / world.
+* ``make_loader``   — each process's share of every global batch (:class:`GlobalBatchSampler`).
 * ``wrap_ddp``      — DistributedDataParallel when world > 1 (never DataParallel).
 * ``autocast``      — bf16 autocast on CUDA when ``--amp``; a no-op on the CPU.
 * ``iterate_steps`` — yields (step, batch) over epochs until ``max_step`` (resumable).
@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Sampler
 
 from lib import dist
+from lib.errors import UserError, check_args
 from lib.io import atomic_path
 from lib.optim import LR_MULT
 
@@ -90,31 +92,87 @@ TRAIN_ARG_RANGES = {
 def check_train_args(args: argparse.Namespace, extra: dict[str, str] | None = None) -> None:
     """Reject values the flags' types accept but training cannot use (``--lr -1``,
     ``--num_workers -3``, ...) with ``UserError`` naming the flag, before any work starts."""
-    from lib.errors import UserError, check_args
-
     check_args(args, {**TRAIN_ARG_RANGES, **(extra or {})})
     rl = getattr(args, "resize_long", None)
     if rl and rl[0] > rl[1]:
         raise UserError(f"--resize_long: needs LO <= HI, got {rl[0]} {rl[1]}")
 
 
+class GlobalBatchSampler(Sampler[list[int]]):
+    """This process's share of each global batch, in the single-process order.
+
+    Every rank draws the same permutation from its own copy of the seeded ``generator`` (the one
+    the DataLoader also draws its worker seed from, so the stream is exactly that of a
+    single-process ``DataLoader(shuffle=True, generator=...)``), cuts it into global batches of
+    ``global_batch`` images and keeps the slice :func:`lib.dist.shard_bounds` gives the rank
+    (10 over 4 -> 3, 3, 2, 2). Together the K ranks see, step by step, the images one process
+    sees with the whole batch.
+    """
+
+    def __init__(self, num_items: int, global_batch: int, rank: int, world: int,
+                 generator: torch.Generator, shuffle: bool = True, drop_last: bool = True):
+        dist.shard_sizes(global_batch, world)  # refuses a batch smaller than the world
+        tail = num_items % global_batch
+        if not drop_last and 0 < tail < world:
+            raise UserError(f"--batch_size: the last batch of {tail} image(s) cannot be split "
+                            f"over {world} processes; drop it or change the batch size")
+        self.num_items, self.global_batch = num_items, global_batch
+        self.rank, self.world = rank, world
+        self.generator, self.shuffle, self.drop_last = generator, shuffle, drop_last
+
+    def __iter__(self):
+        n, gb = self.num_items, self.global_batch
+        order = (torch.randperm(n, generator=self.generator).tolist() if self.shuffle
+                 else list(range(n)))
+        for b0 in range(0, n, gb):
+            batch = order[b0:b0 + gb]
+            if len(batch) < gb and self.drop_last:
+                break
+            start, stop = dist.shard_bounds(len(batch), self.rank, self.world)
+            yield batch[start:stop]
+        if self.shuffle:
+            # RandomSampler draws one more (empty) permutation when it is exhausted; doing the
+            # same keeps the generator's stream, and so a single process's epochs, unchanged.
+            torch.randperm(n, generator=self.generator)
+
+    def __len__(self) -> int:
+        full, tail = divmod(self.num_items, self.global_batch)
+        return full + (bool(tail) and not self.drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        """No-op: each epoch's order is the next draw of the generator, as on a single process."""
+
+
+def _reseed_worker_for_rank(rank: int, worker_id: int) -> None:
+    """worker_init_fn of rank > 0: every rank's loader has the same seeded generator (for the
+    common batch order), so its workers would repeat rank 0's augmentation draws; offset them."""
+    import random
+
+    import numpy as np
+
+    s = (torch.initial_seed() + 1_000_003 * rank) % 2**63
+    torch.manual_seed(s)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+
+
 def make_loader(dataset, global_batch: int, rank: int, world: int, seed: int, num_workers: int,
                 shuffle: bool = True, drop_last: bool = True):
-    """DataLoader of per-process batches; returns (loader, sampler or None)."""
-    per_proc = dist.per_process_batch(global_batch, world)
-    if len(dataset) < global_batch and drop_last:
-        from lib.errors import UserError
+    """DataLoader of this process's share of each global batch; returns (loader, sampler).
 
+    The sampler is a :class:`GlobalBatchSampler` (``set_epoch`` is a no-op); with one process
+    the batches are exactly those of ``DataLoader(shuffle=True, generator=Generator(seed))``.
+    """
+    if len(dataset) < global_batch and drop_last:
         raise UserError(f"--batch_size: the dataset has {len(dataset)} images, fewer than the "
                         f"batch of {global_batch}")
-    sampler = None
-    if world > 1:
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle,
-                                     seed=seed, drop_last=drop_last)
     g = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=per_proc, shuffle=shuffle and sampler is None,
-                        sampler=sampler, num_workers=num_workers, drop_last=drop_last,
+    sampler = GlobalBatchSampler(len(dataset), global_batch, rank, world, g, shuffle=shuffle,
+                                 drop_last=drop_last)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                         pin_memory=torch.cuda.is_available(), generator=g,
+                        worker_init_fn=(functools.partial(_reseed_worker_for_rank, rank) if rank > 0
+                                        else None),
                         persistent_workers=num_workers > 0)
     return loader, sampler
 
@@ -149,8 +207,6 @@ def iterate_steps(loader, sampler, max_step: int, start_step: int = 0):
     """
     n = len(loader)
     if n == 0:
-        from lib.errors import UserError
-
         raise UserError("the data loader yields no batch (dataset smaller than the batch?)")
     step = start_step
     epoch = start_step // n

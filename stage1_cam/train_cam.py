@@ -19,11 +19,10 @@ import torch.nn.functional as F
 
 from lib import dist
 from lib.datasets import ClassificationDataset, resolve_list
-from lib.datasets.transforms import denormalize
 from lib.errors import check_writable_dir, run_main
 from lib.io import load_cls_labels
 from lib.losses.classification import classification_loss
-from lib.losses.feature_similarity import feature_similarity_loss
+from lib.losses.feature_similarity import feature_similarity_loss, fsl_image
 from lib.losses.seam import (equivariant_cross_regularization_loss,
                              equivariant_regularization_loss)
 from lib.models import build_model, disable_dropout
@@ -64,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fsl_sigma", type=float, default=5.0)
     p.add_argument("--fsl_mode", default="windowed", choices=["windowed", "dense"],
                    help="windowed = exact to 1e-4 within ceil(5 sigma), O(HW*window) memory; dense = original")
+    p.add_argument("--fsl_align_corners", action=argparse.BooleanOptionalAction, default=True,
+                   help="FSL colour input: the crop resized to the CAM size with align_corners=True "
+                        "(the original); --no-fsl_align_corners samples at the cells' centres")
     add_common_train_args(p)
     args = p.parse_args(argv)
     check_train_args(args, {"view2_scale": "(0, 1]", "loss_weight": "[0, 1]",
@@ -80,10 +82,15 @@ def loss_weight_at(step: int, args) -> float:
 
 
 def stage1_loss(model, img1, label, args, generator=None, loss_weight=None):
-    """Total stage-1 loss for a batch of crops (N,3,S,S) with foreground labels (N,C).
+    """Stage-1 loss of this process's crops (N_r,3,S,S) with foreground labels (N_r,C).
 
-    ``loss_weight`` overrides ``args.loss_weight`` (the warm-up schedule).
+    Every term is a mean over images, so the global loss of K processes is
+    L = sum_r (N_r / N) L_r (``lib.dist.batch_share``). Returns (K (N_r / N) L_r, the loss to
+    back-propagate: DDP averages its gradients into dL; L itself on one process,
+    parts: the logged terms of the whole batch). ``loss_weight`` overrides
+    ``args.loss_weight`` (the warm-up schedule).
     """
+    share = dist.batch_share(img1.shape[0], img1.device)
     img2 = F.interpolate(img1, scale_factor=args.view2_scale, mode="bilinear", align_corners=True)
     out1 = model(img1)
     out2 = model(img2)
@@ -98,15 +105,16 @@ def stage1_loss(model, img1, label, args, generator=None, loss_weight=None):
     parts = {**{k: float(v.detach()) for k, v in parts.items()},
              "er": float(er.detach()), "ecr": float(ecr.detach())}
     if args.fsl:
-        # FSL compares colours at the CAM resolution: the de-normalised crop resized to it.
-        image01 = F.interpolate(denormalize(img1), size=out1.cam.shape[-2:], mode="bilinear",
-                                align_corners=False).clamp(0, 1)
+        # FSL compares colours at the CAM resolution: the crop resized to it, in [0, 1].
+        image01 = fsl_image(img1, out1.cam.shape[-2:],
+                            align_corners=getattr(args, "fsl_align_corners", True))
         fsl = feature_similarity_loss(image01, out1.cam.float(), mu=args.fsl_mu,
                                       sigma=args.fsl_sigma, mode=args.fsl_mode)
         total = total + FSL_WEIGHT * fsl
         parts["fsl"] = float(fsl.detach())
     parts["total"] = float(total.detach())
-    return total, parts
+    parts = dist.global_parts({k: share * v for k, v in parts.items()}, img1.device)
+    return total * (share * dist.world_size()), parts
 
 
 def main(argv=None) -> None:

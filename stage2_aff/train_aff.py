@@ -54,6 +54,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def pair_loss(aff: torch.Tensor, bg: torch.Tensor, fg: torch.Tensor, neg: torch.Tensor):
+    """The affinity loss of the global batch, from this process's pairs.
+
+    Each term is a sum over pairs divided by the pair count; with the counts all-reduced over
+    the K processes, the K local losses add up to the loss of the whole batch. Returns (K x the
+    local loss, the loss to back-propagate: DDP averages its gradients into the global one;
+    logged scalars of the whole batch).
+    """
+    counts = dist.all_reduce_sum(torch.stack([bg.sum(), fg.sum(), neg.sum()]).double())
+    loss, parts = affinity_loss(aff.float(), bg, fg, neg, counts=counts)
+    logged = dist.global_parts({"loss": float(loss.detach()),
+                                **{f"{k}_loss": float(v.detach()) for k, v in parts.items()}},
+                               aff.device)
+    logged.update(bg_cnt=float(counts[0]), fg_cnt=float(counts[1]), neg_cnt=float(counts[2]))
+    return loss * dist.world_size(), logged
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads:
@@ -92,14 +109,11 @@ def main(argv=None) -> None:
         if aff.shape != bg.shape:
             raise RuntimeError(f"train_aff: network gives affinities {tuple(aff.shape)} but the "
                                f"{tuple(label.shape[-2:])} label map has {tuple(bg.shape)} pairs")
-        loss, parts = affinity_loss(aff.float(), bg, fg, neg)
+        loss, logged = pair_loss(aff, bg, fg, neg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        run.after_step(step, model, optimizer,
-                       {"loss": float(loss), **{f"{k}_loss": float(v) for k, v in parts.items()},
-                        "bg_cnt": float(bg.sum()), "fg_cnt": float(fg.sum()),
-                        "neg_cnt": float(neg.sum()), "lr": optimizer.param_groups[0]["lr"]})
+        run.after_step(step, model, optimizer, {**logged, "lr": optimizer.param_groups[0]["lr"]})
     run.finish(model, optimizer, step)
 
 

@@ -5,7 +5,8 @@ Per iteration, for a batch of crops x (N, 3, S, S) with pseudo labels y (N, S, S
     logits, cam = net(x)                 logits (N, C+1, S, S) upsampled, cam (N, C+1, h, w)
     L = CE(logits, y; ignore 255)  +  FSL_WEIGHT * L_fs(x01, cam; FSL_MU, FSL_SIGMA)
 
-where x01 is the de-normalised crop bilinearly resized to the cam's (h, w) (stride 8) and L_fs
+where x01 is the crop bilinearly resized to the cam's (h, w) (stride 8; align_corners=True, the
+original's, ``--no-fsl_align_corners`` for cell centres) and de-normalised, and L_fs
 is ``lib.losses.feature_similarity.feature_similarity_loss``. SGD (momentum 0.9, wd 5e-4) over
 the Conv2d parameters only, four groups with lr x1 / x2 / x10 / x20 (backbone weights, backbone
 biases, new-layer weights conv_fov/conv_fov2/cls_conv, new biases), the learning rate
@@ -16,7 +17,7 @@ Usage::
 
     python -m stage3_seg.train_seg --config voc/config_voc2012.py \\
         --pseudo_gt EXP/plabels/train/rw --session_name EXP/ckpts/final [--set KEY=VALUE ...]
-    torchrun --nproc_per_node 4 -m stage3_seg.train_seg ...   # global BATCH split over processes
+    torchrun --nproc_per_node 4 -m stage3_seg.train_seg ...   # global BATCH split 3, 3, 2, 2
 
 Writes ``<session_name>.pth`` (plain state_dict), ``<session_name>.state.pth`` (for --resume),
 ``<session_name>.config.json`` (effective config + arguments) and TensorBoard logs in
@@ -54,11 +55,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="train with cross entropy only (same as --set FSL_WEIGHT=0)")
     p.add_argument("--fsl_mode", default="windowed", choices=["windowed", "dense"],
                    help="feature similarity loss implementation (windowed = exact within 5 sigma)")
+    p.add_argument("--fsl_align_corners", action=argparse.BooleanOptionalAction, default=True,
+                   help="FSL colour input: the crop resized to the cam size with align_corners=True "
+                        "(the original); --no-fsl_align_corners samples at the cells' centres")
     p.add_argument("--tblog_dir", default=None, help="TensorBoard dir (default <session_name>_tb)")
     p.add_argument("--image_every", type=int, default=500,
                    help="log a prediction overlay to TensorBoard every N steps (0: never)")
     p.add_argument("--sync_bn", action=argparse.BooleanOptionalAction, default=True,
-                   help="SyncBatchNorm across GPUs under torchrun (the original's SyncBN); CUDA only")
+                   help="SyncBatchNorm under torchrun on CUDA: statistics over the global batch, "
+                        "as the original's one-GPU configs (GPUS=1) compute them; --no-sync_bn: "
+                        "per-process statistics, as its DataParallel over several GPUs (always "
+                        "so on the CPU, where SyncBatchNorm is unavailable)")
     add_common_train_args(p)
     add_config_args(p)
     args = p.parse_args(argv)
@@ -68,28 +75,37 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def seg_loss(model: nn.Module, image: torch.Tensor, label: torch.Tensor, fsl_weight: float,
-             mu: float, sigma: float, fsl_mode: str = "windowed"):
-    """CE(logits, label; ignore 255) + fsl_weight * L_fs(image01 at the cam size, cam).
+             mu: float, sigma: float, fsl_mode: str = "windowed", fsl_align_corners: bool = True):
+    """CE(logits, label; ignore 255) + fsl_weight * L_fs(image01 at the cam size, cam), over
+    the global batch.
 
-    image (N, 3, S, S) normalised, label (N, S, S) int64. Returns (total, parts dict, logits).
+    image (N_r, 3, S, S) normalised, label (N_r, S, S) int64: this process's share. The CE is
+    the mean over the non-void pixels of the *global* batch: CE_r = (this process's sum) /
+    (all-reduced non-void count); the FSL is a per-image mean, weighted by N_r / N
+    (``lib.dist.batch_share``); so the K local losses add up to the loss of the whole batch.
+    Returns (K x the local loss, the loss to back-propagate: DDP averages its gradients into the
+    global one; the loss itself on one process, parts: the logged terms of the whole batch,
+    logits).
     """
-    from lib.datasets.transforms import denormalize
-    from lib.losses.feature_similarity import feature_similarity_loss
+    from lib.losses.feature_similarity import feature_similarity_loss, fsl_image
 
     logits, cam = model(image)
-    ce = F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX)
+    n_valid = dist.all_reduce_sum((label != IGNORE_INDEX).sum().double())
+    ce = F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX,
+                         reduction="sum") / n_valid.float()
     total = ce
     parts = {"ce": float(ce.detach())}
     if fsl_weight:
-        # The FSL compares colours at the prediction's resolution: the de-normalised crop is
-        # resized to the stride-8 cam, not the cam upsampled to the crop.
-        image01 = F.interpolate(denormalize(image.float()), size=cam.shape[-2:], mode="bilinear",
-                                align_corners=False).clamp(0, 1)
-        fsl = feature_similarity_loss(image01, cam.float(), mu=mu, sigma=sigma, mode=fsl_mode)
+        share = dist.batch_share(image.shape[0], image.device)
+        # The FSL compares colours at the prediction's resolution: the crop is resized to the
+        # stride-8 cam, not the cam upsampled to the crop.
+        image01 = fsl_image(image, cam.shape[-2:], align_corners=fsl_align_corners)
+        fsl = share * feature_similarity_loss(image01, cam.float(), mu=mu, sigma=sigma,
+                                              mode=fsl_mode)
         total = total + fsl_weight * fsl
         parts["fsl"] = float(fsl.detach())
     parts["total"] = float(total.detach())
-    return total, parts, logits
+    return total * dist.world_size(), dist.global_parts(parts, image.device), logits
 
 
 def overlay_panel(image: torch.Tensor, logits: torch.Tensor, label: torch.Tensor) -> np.ndarray:
@@ -217,7 +233,7 @@ def main(argv=None) -> None:
         label = batch["label"].to(device, non_blocking=True).long()
         with autocast(args.amp, device):
             loss, parts, logits = seg_loss(model, img, label, cfg["FSL_WEIGHT"], cfg["FSL_MU"],
-                                           cfg["FSL_SIGMA"], args.fsl_mode)
+                                           cfg["FSL_SIGMA"], args.fsl_mode, args.fsl_align_corners)
         if not torch.isfinite(loss):
             raise SystemExit(f"train_seg: non-finite loss {parts} at step {step}")
         optimizer.zero_grad(set_to_none=True)

@@ -1,5 +1,6 @@
 """lib/datasets: class lists, layouts, transforms and the three datasets."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -209,19 +210,39 @@ def test_random_scale_sizes_and_labels():
     np.testing.assert_array_equal(T.nearest_resize(lab, 40, 60)[::2, ::2], lab)
 
 
+@pytest.mark.parametrize("s", [1.26, 0.55])
+def test_random_scale_maps_pixels_as_cv2_fx_fy(s):
+    """The original's cv2.resize(.., fx=s, fy=s): output round(H s) x round(W s), label pixel d
+    from source floor(d / s) (not from the scale the rounded size implies, 6/5 or 9/7 here),
+    image bicubic with the factor s; the pixel_centres variant keeps the centred labels."""
+    lab = np.arange(35, dtype=np.uint8).reshape(5, 7)
+    img = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    si, sl = T.RandomScale(s, s)(img, lab)
+    rows = np.minimum(np.floor(np.arange(round(5 * s)) / s).astype(int), 4)
+    cols = np.minimum(np.floor(np.arange(round(7 * s)) / s).astype(int), 6)
+    np.testing.assert_array_equal(sl, lab[rows[:, None], cols[None, :]])
+    assert si.shape == (round(5 * s), round(7 * s), 3) and si.dtype == np.uint8
+    np.testing.assert_array_equal(si, cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_CUBIC))
+    if s == 1.26:  # the implied scale maps row 5 to source 4, the factor to 3
+        assert not np.array_equal(sl, T.nearest_resize(lab, 6, 9))
+    _, cl = T.RandomScale(s, s, pixel_centres=True)(img, lab)
+    np.testing.assert_array_equal(cl, T.nearest_resize(lab, round(5 * s), round(7 * s)))
+
+
 def test_hsv_jitter_on_gray_shifts_value_only():
     """A grey pixel has S = 0, so with no saturation jitter it stays grey whatever the hue shift,
-    and its value moves by dv in [-10, 9] (randint's high bound excluded, as the original)."""
+    and its value moves by dv in {-10, ..., 10}: the original draws the value shift with Python's
+    random.randint, both bounds included (21 values, each drawn ~19 times in 400 draws)."""
     gray = np.full((4, 5, 3), 120, np.uint8)
-    shifts = []
-    for seed in range(60):
+    shifts = set()
+    for seed in range(400):
         out = T.HSVJitter(10, 0, 10)(gray, rng=np.random.default_rng(seed))
         assert (out == out[0, 0, 0]).all()
-        shifts.append(int(out[0, 0, 0]) - 120)
-    assert -10 <= min(shifts) < -3 and 3 < max(shifts) <= 9
+        shifts.add(int(out[0, 0, 0]) - 120)
+    assert shifts == set(range(-10, 11))
     for seed in range(10):                                     # V is clipped at 0, not wrapped to ~250
         dark = T.HSVJitter(0, 0, 10)(np.full((2, 2, 3), 3, np.uint8), rng=np.random.default_rng(seed))
-        assert dark.max() <= 12
+        assert dark.max() <= 13
     np.testing.assert_array_equal(T.HSVJitter(0, 0, 0)(gray), gray)
 
 

@@ -453,8 +453,9 @@ def test_stage1_loss_gradient_flow():
 
 
 def test_stage1_loss_fsl_term():
-    """Total = cls + ER + ECR + 0.5 L_fs, where L_fs is the dense loss on the de-normalised crop
-    resized to the CAM size (SPEC 3); --no-fsl drops exactly that term."""
+    """Total = cls + ER + ECR + 0.5 L_fs, where L_fs is the dense loss on the crop resized to
+    the CAM size (align_corners=True, as the original) and de-normalised (SPEC 3); --no-fsl
+    drops exactly that term."""
     args, model, img, label = _loss_setup()
     model.eval()  # dropout off, so both evaluations see the same maps
     loss, parts = stage1_loss(model, img, label, args, torch.Generator().manual_seed(0))
@@ -465,7 +466,7 @@ def test_stage1_loss_fsl_term():
 
     with torch.no_grad():
         cam = model(img).cam
-        x = F.interpolate(img, size=cam.shape[-2:], mode="bilinear", align_corners=False)
+        x = F.interpolate(img, size=cam.shape[-2:], mode="bilinear", align_corners=True)
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         fsl = feature_similarity_loss_dense((x * std + mean).clamp(0, 1), cam).item()

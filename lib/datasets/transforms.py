@@ -15,7 +15,8 @@ Conventions
   transform uses its own generator seeded at construction (``seed=0``), so results are
   reproducible. Datasets always pass a per-sample generator.
 * Label maps are resized with nearest neighbour at pixel centres,
-  ``src = min(floor((dst + 0.5) * in / out), in - 1)`` per axis, which works for any integer dtype.
+  ``src = min(floor((dst + 0.5) * in / out), in - 1)`` per axis, which works for any integer dtype
+  (except :class:`RandomScale`, which follows the original's cv2 call by default).
 """
 from __future__ import annotations
 
@@ -104,22 +105,51 @@ class RandomResizeLong:
         return _resize_all(image, label, extras, out_h, out_w, use_pil=True)
 
 
-class RandomScale:
-    """DeepLab random scaling: s ~ U(lo, hi), size (round(H s), round(W s)); cv2 bicubic image, nearest label."""
+def _cv2_scale(arr: np.ndarray, s: float, interpolation: int) -> np.ndarray:
+    """``cv2.resize(arr, None, fx=s, fy=s)``: output size round(W s) x round(H s), source
+    coordinates from the factor s itself (not from the rounded size); keeps a K = 1 axis."""
+    arr = np.asarray(arr)
+    src = arr
+    if arr.dtype in (np.int64, np.uint32, np.uint64, np.int8, np.bool_):  # depths cv2 lacks
+        src = arr.astype(np.int32)
+    out = cv2.resize(np.ascontiguousarray(src), None, fx=s, fy=s, interpolation=interpolation)
+    out = out.reshape(out.shape[:2] + arr.shape[2:])
+    return out.astype(arr.dtype, copy=False)
 
-    def __init__(self, lo: float = 0.5, hi: float = 1.5, seed: int | None = 0):
+
+class RandomScale:
+    """DeepLab random scaling by s ~ U(lo, hi), image bicubic, label nearest, extras bilinear.
+
+    Default (the original, SEAM's segmentation codebase): ``cv2.resize(.., fx=s, fy=s)``; the
+    output is round(H s) x round(W s) and cv2 maps output pixel d to source d / s: bicubic at
+    (d + 0.5) / s - 0.5, nearest at floor(d / s) (clamped to the last row/column).
+    ``pixel_centres=True`` (ours, off by default) resizes to round(H s) x round(W s) with the
+    scale that size implies and takes labels at pixel centres, src = floor((d + 0.5) in / out):
+    cv2's nearest label map sits up to half a source pixel off the bicubic image when
+    upscaling, the centred one does not (docs/DISTRIBUTED.md, "Fidelity switches").
+    """
+
+    def __init__(self, lo: float = 0.5, hi: float = 1.5, seed: int | None = 0,
+                 pixel_centres: bool = False):
         if not 0 < lo <= hi:
             raise ValueError(f"RandomScale needs 0 < lo <= hi, got {lo}, {hi}")
         self.lo, self.hi = float(lo), float(hi)
+        self.pixel_centres = bool(pixel_centres)
         self._rng = np.random.default_rng(seed)
 
     def __call__(self, image, label=None, *extras, rng=None):
         image = _check_image(image)
         _check_maps(image, label, extras)
         s = float(_gen(rng, self._rng).uniform(self.lo, self.hi))
-        h, w = image.shape[:2]
-        out_h, out_w = max(1, round(h * s)), max(1, round(w * s))
-        return _resize_all(image, label, extras, out_h, out_w, use_pil=False)
+        if self.pixel_centres:
+            h, w = image.shape[:2]
+            out_h, out_w = max(1, round(h * s)), max(1, round(w * s))
+            return _resize_all(image, label, extras, out_h, out_w, use_pil=False)
+        img = image if image.dtype == np.uint8 else image.astype(np.float32, copy=False)
+        out = [_cv2_scale(img, s, cv2.INTER_CUBIC),
+               None if label is None else _cv2_scale(label, s, cv2.INTER_NEAREST)]
+        out += [_cv2_scale(np.asarray(e, np.float32), s, cv2.INTER_LINEAR) for e in extras]
+        return tuple(out)
 
 
 class RandomHorizontalFlip:
@@ -188,9 +218,10 @@ class ColorJitter:
 class HSVJitter:
     """Integer HSV shifts in OpenCV's uint8 HSV space (SEAM segmentation codebase ``RandomHSV``).
 
-    dh ~ U{-h, ..., h-1}, ds ~ U{-s, ..., s-1}, dv ~ U{-v, ..., v-1} (NumPy ``randint`` high
-    bound excluded, as the original); H' = (H + dh) mod 180, S' = clip(S + ds, 0, 255),
-    V' = clip(V + dv, 0, 255). A range of 0 disables that channel.
+    dh ~ U{-h, ..., h-1}, ds ~ U{-s, ..., s-1}, dv ~ U{-v, ..., v}: as the original, which draws
+    the hue and saturation shifts with NumPy's ``randint`` (high bound excluded) and the value
+    shift with Python's ``random.randint`` (both bounds included); H' = (H + dh) mod 180,
+    S' = clip(S + ds, 0, 255), V' = clip(V + dv, 0, 255). A range of 0 disables that channel.
     """
 
     def __init__(self, h: int = 10, s: int = 10, v: int = 10, seed: int | None = 0):
@@ -204,7 +235,8 @@ class HSVJitter:
         if image.dtype != np.uint8:
             image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
         g = _gen(rng, self._rng)
-        dh, ds, dv = (int(g.integers(-r, r)) if r > 0 else 0 for r in (self.h, self.s, self.v))
+        dh, ds = (int(g.integers(-r, r)) if r > 0 else 0 for r in (self.h, self.s))
+        dv = int(g.integers(-self.v, self.v + 1)) if self.v > 0 else 0
         hsv = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2HSV).astype(np.int32)
         hsv[..., 0] = (hsv[..., 0] + dh) % 180
         hsv[..., 1] = np.clip(hsv[..., 1] + ds, 0, 255)

@@ -16,6 +16,7 @@ from lib.losses.feature_similarity import (
     feature_similarity_loss,
     feature_similarity_loss_dense,
     feature_similarity_loss_windowed,
+    fsl_image,
 )
 from lib.losses.seam import equivariant_cross_regularization_loss, equivariant_regularization_loss
 
@@ -28,6 +29,7 @@ __all__ = [
     "feature_similarity_loss",
     "feature_similarity_loss_dense",
     "feature_similarity_loss_windowed",
+    "fsl_image",
     "gap_loss",
     "hfpl_importance_sampling_loss",
     "importance_sampling_loss",

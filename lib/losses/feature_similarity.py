@@ -32,6 +32,7 @@ import math
 import torch
 
 __all__ = [
+    "fsl_image",
     "feature_similarity_loss",
     "feature_similarity_loss_dense",
     "feature_similarity_loss_windowed",
@@ -226,6 +227,25 @@ def feature_similarity_loss_windowed(image01: torch.Tensor, pred: torch.Tensor, 
     total = _WindowedPairSum.apply(pred.to(dtype), image01.detach().to(dtype), radius,
                                    float(mu), float(sigma), int(tile_width))
     return (-2.0 * total / (n * h * w)).to(pred.dtype)
+
+
+def fsl_image(image: torch.Tensor, size: tuple[int, int], align_corners: bool = True) -> torch.Tensor:
+    """The FSL's colour input x: the normalised crop resized to the prediction's (h, w), in [0, 1].
+
+    image (N, 3, S, S) ImageNet-normalised -> (N, 3, h, w) = denormalize(bilinear(image, (h, w))).
+    ``align_corners=True`` (default) is the original ICAM computation (the normalised image
+    resized with align_corners=True, then de-normalised). ``False`` samples output cell i at
+    (i + 0.5) S / h - 0.5, the centre of the image area the stride-S/h cell covers, rather than
+    stretching the corners onto each other (docs/DISTRIBUTED.md, "Fidelity switches").
+    De-normalising is affine per channel, so it commutes with the (convex) bilinear weights:
+    resizing before or after it gives the same values.
+    """
+    import torch.nn.functional as F
+
+    from lib.datasets.transforms import denormalize
+
+    small = F.interpolate(image.float(), size=tuple(size), mode="bilinear", align_corners=align_corners)
+    return denormalize(small)
 
 
 def feature_similarity_loss(image01: torch.Tensor, pred: torch.Tensor, mu: float = 2.5,
