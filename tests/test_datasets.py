@@ -246,6 +246,18 @@ def test_hsv_jitter_on_gray_shifts_value_only():
     np.testing.assert_array_equal(T.HSVJitter(0, 0, 0)(gray), gray)
 
 
+def test_hsv_jitter_draws_every_shift_with_both_bounds():
+    """The original's RandomHSV draws dh, ds and dv with random.randint(-r, r): 2r + 1 values each,
+    both bounds included (3 and 10 here: 7 and 21 values, each drawn ~40-140 times)."""
+    jitter = T.HSVJitter(3, 10, 10)
+    g = np.random.default_rng(0)
+    draws = np.array([jitter.draw_shifts(g) for _ in range(1000)])
+    assert set(draws[:, 0]) == set(range(-3, 4))
+    assert set(draws[:, 1]) == set(range(-10, 11))
+    assert set(draws[:, 2]) == set(range(-10, 11))
+    assert T.HSVJitter(0, 5, 0).draw_shifts(g)[::2] == (0, 0)
+
+
 def test_color_jitter_deterministic_and_identity():
     img = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
     a = T.ColorJitter()(img, rng=np.random.default_rng(3))

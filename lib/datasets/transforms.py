@@ -218,9 +218,8 @@ class ColorJitter:
 class HSVJitter:
     """Integer HSV shifts in OpenCV's uint8 HSV space (SEAM segmentation codebase ``RandomHSV``).
 
-    dh ~ U{-h, ..., h-1}, ds ~ U{-s, ..., s-1}, dv ~ U{-v, ..., v}: as the original, which draws
-    the hue and saturation shifts with NumPy's ``randint`` (high bound excluded) and the value
-    shift with Python's ``random.randint`` (both bounds included); H' = (H + dh) mod 180,
+    dh ~ U{-h, ..., h}, ds ~ U{-s, ..., s}, dv ~ U{-v, ..., v}: as the original, which draws all
+    three shifts with Python's ``random.randint`` (both bounds included); H' = (H + dh) mod 180,
     S' = clip(S + ds, 0, 255), V' = clip(V + dv, 0, 255). A range of 0 disables that channel.
     """
 
@@ -230,13 +229,15 @@ class HSVJitter:
         self.h, self.s, self.v = int(h), int(s), int(v)
         self._rng = np.random.default_rng(seed)
 
+    def draw_shifts(self, g: np.random.Generator) -> tuple[int, int, int]:
+        """(dh, ds, dv), each uniform on {-r, ..., r} (0 for a range of 0)."""
+        return tuple(int(g.integers(-r, r + 1)) if r > 0 else 0 for r in (self.h, self.s, self.v))
+
     def __call__(self, image, rng=None):
         image = _check_image(image)
         if image.dtype != np.uint8:
             image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-        g = _gen(rng, self._rng)
-        dh, ds = (int(g.integers(-r, r)) if r > 0 else 0 for r in (self.h, self.s))
-        dv = int(g.integers(-self.v, self.v + 1)) if self.v > 0 else 0
+        dh, ds, dv = self.draw_shifts(_gen(rng, self._rng))
         hsv = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2HSV).astype(np.int32)
         hsv[..., 0] = (hsv[..., 0] + dh) % 180
         hsv[..., 1] = np.clip(hsv[..., 1] + ds, 0, 255)
