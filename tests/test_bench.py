@@ -12,7 +12,8 @@ from helpers import run  # noqa: E402  (tests/helpers.py)
 
 pydensecrf = pytest.importorskip("pydensecrf.densecrf")
 
-TINY = dict(width=0.0625, cam=(32, 2), aff=(32, 2), seg=(32, 2), infer_size=(24, 40))
+# aff: the radius-5 pairs need maps of more than 10 cells (> 80 px) to exist at all.
+TINY = dict(width=0.0625, cam=(32, 2), aff=(96, 2), seg=(32, 2), infer_size=(88, 96))
 CPU = torch.device("cpu")
 
 
@@ -58,8 +59,8 @@ def test_bf16_training_check_passes_and_a_tighter_tolerance_fails(monkeypatch):
 def test_bench_pipeline_cli_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     run("-m", "tools.bench_pipeline", "--width", "0.0625", "--cam_crop", "32", "--cam_batch", "2",
-        "--aff_crop", "32", "--aff_batch", "2", "--seg_crop", "32", "--seg_batch", "2",
-        "--infer_size", "24", "32", "--stages", "aff", "--modes", "fp32", "bf16", "--repeats", "1",
+        "--aff_crop", "96", "--aff_batch", "2", "--seg_crop", "32", "--seg_batch", "2",
+        "--infer_size", "88", "96", "--stages", "aff", "--modes", "fp32", "bf16", "--repeats", "1",
         "--device", "cpu", "--json", str(out), timeout=300)
     import json
 

@@ -28,6 +28,8 @@ Before a mode is timed, its result is compared with fp32 on the same batch (drop
     training:  |loss - loss_fp32| / |loss_fp32|          <= 1e-4 (fp32_cl), 3e-2 (bf16 modes)
     inference: max |out - out_fp32| (probabilities/CAMs) <= 1e-3 (fp32_cl), 5e-2 (bf16 modes)
                and argmax agreement                      >= 0.999 (fp32_cl), 0.98 (bf16 modes)
+               (a pixel agrees when its label is fp32's or ties with it within the max-abs
+               tolerance in the fp32 scores: near-ties of random-init networks are not errors)
 
 A mode that fails its check is not timed (row "FAIL"); the exit status is then 1.
 Peak memory: CUDA max_memory_allocated per case; on the CPU the process's peak RSS (cumulative).
@@ -255,6 +257,16 @@ def infer_case(stage: str, width: float, size: tuple[int, int], device: torch.de
     raise ValueError(f"unknown stage {stage!r}")
 
 
+def argmax_agreement(ref_scores: torch.Tensor, ref_label: torch.Tensor, label: torch.Tensor,
+                     tie: float) -> float:
+    """Fraction of pixels where ``label`` is fp32's argmax, or ties with it in the fp32 scores
+    (K, H, W) within ``tie``: a random-init network's near-uniform maps have many pixels whose
+    top two classes differ by less than bf16's rounding, and either choice is then correct."""
+    chosen = ref_scores.gather(0, label[None].long())[0]
+    best = ref_scores.gather(0, ref_label[None].long())[0]
+    return float(((label == ref_label) | (best - chosen <= tie)).float().mean())
+
+
 # ----------------------------------------------------------------------------------- driver
 def bench_case(kind: str, stage: str, modes, sizes: dict, device: torch.device, repeats: int,
                emit=None) -> list[dict]:
@@ -266,15 +278,13 @@ def bench_case(kind: str, stage: str, modes, sizes: dict, device: torch.device, 
     if kind == "train":
         crop, batch = sizes[stage]
         model, loss_fn, images = train_case(stage, width, crop, batch, device)
-        shape = f"{crop}x{crop} b{batch}"
         ref = check_train(model, loss_fn, images, "fp32", device, None)[0]
     else:
         model, run, methods = infer_case(stage, width, sizes["infer_size"], device)
-        shape = "{}x{}".format(*sizes["infer_size"])
         batch = 1
         with torch.no_grad():
             ref = run(model, "fp32")
-    rows = []
+    rows, shape = [], case_shape(kind, stage, sizes)
     for mode in modes:
         emit({"start": mode})
         row = {"kind": kind, "stage": stage, "mode": mode, "shape": shape, "width": width}
@@ -288,7 +298,7 @@ def bench_case(kind: str, stage: str, modes, sizes: dict, device: torch.device, 
                 with torch.no_grad():
                     out, lab = run(m, mode)
                 err = float((out - ref[0]).abs().max())
-                agree = float((lab == ref[1]).float().mean())
+                agree = argmax_agreement(ref[0], ref[1], lab, tol_out)
                 row.update(out_max_err=err, argmax_agree=agree,
                            check="ok" if err <= tol_out and agree >= tol_agree else "FAIL")
             if row["check"] == "ok":
@@ -308,7 +318,14 @@ def bench_case(kind: str, stage: str, modes, sizes: dict, device: torch.device, 
     return rows
 
 
-def bench_in_child(kind: str, stage: str, modes, argv_base: list[str], timeout: float) -> list[dict]:
+def case_shape(kind: str, stage: str, sizes: dict) -> str:
+    if kind == "train":
+        return "{0}x{0} b{1}".format(*sizes[stage])
+    return "{}x{}".format(*sizes["infer_size"])
+
+
+def bench_in_child(kind: str, stage: str, modes, argv_base: list[str], timeout: float,
+                   shape: str = "") -> list[dict]:
     """:func:`bench_case` in child processes, so that a native crash (seen with channels_last
     training on the CPU) or a slow ``torch.compile`` costs one row, not the run. A crashed mode
     is retried once in a fresh process; after ``timeout`` seconds the remaining modes are n/a."""
@@ -343,8 +360,8 @@ def bench_in_child(kind: str, stage: str, modes, argv_base: list[str], timeout: 
         if started is None:  # died before the first mode (building the case, the fp32 reference)
             started = todo[0]
         if started in retried or failure.startswith("over"):
-            rows.append({"kind": kind, "stage": stage, "mode": started, "check": "n/a",
-                         "note": failure})
+            rows.append({"kind": kind, "stage": stage, "mode": started, "shape": shape,
+                         "check": "n/a", "note": failure})
             print(format_table([rows[-1]], COLUMNS).splitlines()[-1], flush=True)
             todo.remove(started)
             if failure.startswith("over"):
@@ -388,7 +405,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--infer_size", type=int, nargs=2, default=None, metavar=("H", "W"))
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--kinds", nargs="+", default=["train", "infer"], choices=["train", "infer"])
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--modes", nargs="+", default=None, choices=MODES,
+                   help="default: all; on the CPU all but compile")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--case_timeout", type=float, default=600,
@@ -438,7 +456,8 @@ def main(argv=None) -> int:
             def emit(event):
                 f.write(json.dumps(event, default=str) + "\n")
                 f.flush()
-            bench_case(args.kinds[0], args.stages[0], args.modes, sizes, device, args.repeats, emit)
+            bench_case(args.kinds[0], args.stages[0], args.modes or list(MODES), sizes, device,
+                       args.repeats, emit)
         return 0
 
     # What a child needs to rebuild the same cases.
@@ -453,19 +472,23 @@ def main(argv=None) -> int:
           + f", inference {sizes['infer_size'][0]}x{sizes['infer_size'][1]}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats")
     print(format_table([], COLUMNS), flush=True)
+    # torch.compile of ResNet-38 takes minutes per case on a few CPU cores: on the CPU it runs
+    # only when asked for (--modes ... compile).
+    modes = args.modes or [m for m in MODES if device.type == "cuda" or m != "compile"]
     rows = []
     for kind in args.kinds:
         for stage in args.stages:
-            plain = [m for m in args.modes if m != "compile"]
+            shape = case_shape(kind, stage, sizes)
+            plain = [m for m in modes if m != "compile"]
             if args.in_process:
-                rows += bench_case(kind, stage, args.modes, sizes, device, args.repeats,
+                rows += bench_case(kind, stage, modes, sizes, device, args.repeats,
                                    lambda ev: "start" in ev or print(
                                        format_table([ev], COLUMNS).splitlines()[-1], flush=True))
                 continue
             if plain:
-                rows += bench_in_child(kind, stage, plain, base, args.case_timeout)
-            if "compile" in args.modes:
-                rows += bench_in_child(kind, stage, ["compile"], base, args.compile_timeout)
+                rows += bench_in_child(kind, stage, plain, base, args.case_timeout, shape)
+            if "compile" in modes:
+                rows += bench_in_child(kind, stage, ["compile"], base, args.compile_timeout, shape)
     add_speedups(rows)
     print("\n" + format_table(rows, COLUMNS))
     print("img_per_s: training images (forward + backward + SGD step) or inference images per "
