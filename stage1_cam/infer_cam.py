@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lib import dist
-from lib.crf import crf_from_cam
+from lib.crf import crf_from_cam_alphas
 from lib.datasets import MultiScaleInferenceDataset, resolve_list
 from lib.io import load_cls_labels, save_cam, save_crf
 from lib.models import build_model
@@ -110,8 +110,8 @@ def normalise_cams(mean_cam: torch.Tensor, label: torch.Tensor,
 
 def _crf_job(job) -> None:
     image, keys, cams, targets = job
-    for alpha, path in targets:
-        crf_keys, probs = crf_from_cam(image, keys, cams, alpha)
+    results = crf_from_cam_alphas(image, keys, cams, [alpha for alpha, _ in targets])
+    for (_, path), (crf_keys, probs) in zip(targets, results):
         save_crf(path, crf_keys, probs)
 
 

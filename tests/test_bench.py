@@ -167,3 +167,20 @@ def build_init_state():
 
     dist.seed_everything(0, 0)
     return build_model("cam", num_classes=5, width=0.0625).state_dict()
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_shared_lattice_crf_equals_one_crf_per_alpha(k):
+    from lib.crf import cam_bg_fg_scores, crf_from_cam_alphas, dense_crf
+    from tools.bench_crf import synthetic_inputs
+
+    image, keys, cams, _ = synthetic_inputs((30, 44), max(k, 1), seed=3)
+    keys, cams = keys[:k], cams[:k]
+    shared = crf_from_cam_alphas(image, keys, cams, [2.0, 4.0])
+    for alpha, (ck, cp) in zip([2.0, 4.0], shared):
+        np.testing.assert_array_equal(ck, np.concatenate([[0], keys + 1]))
+        # the reference builds a fresh CRF object (its own lattices) for each alpha
+        ref = dense_crf(image, cam_bg_fg_scores(cams, alpha)) if k else np.ones((1, 30, 44))
+        np.testing.assert_array_equal(cp, ref)
+    if k:
+        assert not np.array_equal(shared[0][1], shared[1][1])

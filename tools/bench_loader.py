@@ -15,8 +15,10 @@ colour jitter; stage 2 crop 448; stage 3 the VOC config's scale 0.5-1.5, flip, H
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -33,9 +35,11 @@ def make_data(root: Path, n: int, size: int):
     from lib.io import load_cls_labels, save_crf
     from tools import make_cls_labels, make_synthetic_voc
 
-    make_synthetic_voc.main(["--out", str(root), "--num_train", str(n), "--num_val", "1",
-                             "--size", str(size), "--seed", "0"])
-    make_cls_labels.main(["--voc_root", str(root)])
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), \
+            contextlib.redirect_stderr(quiet):
+        make_synthetic_voc.main(["--out", str(root), "--num_train", str(n), "--num_val", "1",
+                                 "--size", str(size), "--seed", "0"])
+        make_cls_labels.main(["--voc_root", str(root)])
     layout = get_layout("voc", str(root), "train")
     ids = layout.ids()
     cls_labels = load_cls_labels(layout.cls_labels_path())
