@@ -32,7 +32,8 @@ Before a mode is timed, its result is compared with fp32 on the same batch (drop
                tolerance in the fp32 scores: near-ties of random-init networks are not errors)
 
 A mode that fails its check is not timed (row "FAIL"); the exit status is then 1.
-Peak memory: CUDA max_memory_allocated per case; on the CPU the process's peak RSS (cumulative).
+Peak memory: CUDA max_memory_allocated over the timed runs (the mode's weights, gradients,
+optimiser state, activations); on the CPU the child process's peak RSS, torch included.
 
     python -m tools.bench_pipeline                       # CPU, demo width (0.125), ~1-2 min
     python -m tools.bench_pipeline --preset paper --device cuda --json bench.json
@@ -90,10 +91,12 @@ def to_mode(x: torch.Tensor, mode: str) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last(mode) and x.dim() == 4 else x
 
 
-def prepare(model: torch.nn.Module, mode: str, methods: tuple[str, ...] = ()) -> torch.nn.Module:
-    """A copy of ``model`` in the memory format of ``mode``; compiled ``forward`` (and the named
-    inference ``methods``, which are not reached through ``__call__``) for 'compile'."""
-    model = copy.deepcopy(model)
+def prepare(model: torch.nn.Module, mode: str, device: torch.device,
+            methods: tuple[str, ...] = ()) -> torch.nn.Module:
+    """A copy of ``model`` (kept on the CPU, so that a case's peak memory is its own) on
+    ``device`` in the memory format of ``mode``; compiled ``forward`` (and the named inference
+    ``methods``, which are not reached through ``__call__``) for 'compile'."""
+    model = copy.deepcopy(model).to(device)
     if channels_last(mode):
         model = model.to(memory_format=torch.channels_last)
     if mode == "compile":
@@ -129,7 +132,8 @@ def _cam_args():
 
 
 def train_case(stage: str, width: float, crop: int, batch: int, device: torch.device, seed: int = 0):
-    """(model, loss_fn(model, images, generator) -> loss, images). Weights are seeded."""
+    """(model on the CPU, loss_fn(model, images, generator) -> loss, images on ``device``).
+    Weights are seeded."""
     torch.manual_seed(seed)
     if stage == "cam":
         from stage1_cam.train_cam import stage1_loss
@@ -170,12 +174,12 @@ def train_case(stage: str, width: float, crop: int, batch: int, device: torch.de
     else:
         raise ValueError(f"unknown stage {stage!r}")
     images = random_images(batch, (crop, crop), device, seed + 1)
-    return model.to(device).train(), loss_fn, images
+    return model.train(), loss_fn, images
 
 
 def check_train(model, loss_fn, images, mode: str, device: torch.device, ref: float | None):
     """Loss of ``mode`` on the batch with dropout off; (loss, relative error vs ``ref``)."""
-    m = prepare(model, mode)
+    m = prepare(model, mode, device)
     disable_dropout(m)
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad(), autocast_ctx(mode, device):
@@ -185,7 +189,7 @@ def check_train(model, loss_fn, images, mode: str, device: torch.device, ref: fl
 
 
 def time_train(model, loss_fn, images, mode: str, device: torch.device, repeats: int):
-    m = prepare(model, mode)
+    m = prepare(model, mode, device)
     opt = build_optimizer("sgd", m.param_groups(), lr=1e-4, weight_decay=5e-4, max_step=10 ** 6,
                           momentum=0.9)
     x = to_mode(images, mode)
@@ -205,7 +209,8 @@ def time_train(model, loss_fn, images, mode: str, device: torch.device, repeats:
 
 # ----------------------------------------------------------------------------------- inference
 def infer_case(stage: str, width: float, size: tuple[int, int], device: torch.device, seed: int = 0):
-    """(model, run(model, mode) -> (scores (K, H, W), label map (H, W)), compiled methods)."""
+    """(model on the CPU, run(model, mode) -> (scores (K, H, W), label map (H, W)), the methods
+    to compile)."""
     torch.manual_seed(seed)
     image = random_images(1, size, device, seed + 2)
     if stage == "cam":
@@ -226,7 +231,7 @@ def infer_case(stage: str, width: float, size: tuple[int, int], device: torch.de
             with autocast_ctx(mode, device):
                 cam = multiscale_cam(m, ims, label, size, flip=True).float()
             return cam, cam.argmax(0)
-        return model.to(device).eval(), run, ("forward_cam",)
+        return model.eval(), run, ("forward_cam",)
     if stage == "aff":
         from stage2_aff.infer_aff import rw_scores
 
@@ -240,7 +245,7 @@ def infer_case(stage: str, width: float, size: tuple[int, int], device: torch.de
                 scores = rw_scores(m, to_mode(image, mode)[0], cams, alpha=6, beta=8, logt=6)
             scores = scores.float()
             return scores / scores.amax().clamp_min(1e-12), scores.argmax(0)
-        return model.to(device).eval(), run, ("forward_features",)
+        return model.eval(), run, ("forward_features",)
     if stage == "seg":
         from lib.config import load_config
         from stage3_seg.infer_seg import multiscale_flip_probs
@@ -253,7 +258,7 @@ def infer_case(stage: str, width: float, size: tuple[int, int], device: torch.de
                 p = multiscale_flip_probs(m, to_mode(image, mode), cfg["TEST_SCALES"],
                                           cfg["TEST_FLIP"]).float()
             return p, p.argmax(0)
-        return model.to(device).eval(), run, ()
+        return model.eval(), run, ()
     raise ValueError(f"unknown stage {stage!r}")
 
 
@@ -283,7 +288,7 @@ def bench_case(kind: str, stage: str, modes, sizes: dict, device: torch.device, 
         model, run, methods = infer_case(stage, width, sizes["infer_size"], device)
         batch = 1
         with torch.no_grad():
-            ref = run(model, "fp32")
+            ref = run(prepare(model, "fp32", device), "fp32")
     rows, shape = [], case_shape(kind, stage, sizes)
     for mode in modes:
         emit({"start": mode})
@@ -294,7 +299,7 @@ def bench_case(kind: str, stage: str, modes, sizes: dict, device: torch.device, 
                 loss, err = check_train(model, loss_fn, images, mode, device, ref)
                 row.update(loss=loss, loss_rel_err=err, check="ok" if err <= tol_loss else "FAIL")
             else:
-                m = prepare(model, mode, methods)
+                m = prepare(model, mode, device, methods)
                 with torch.no_grad():
                     out, lab = run(m, mode)
                 err = float((out - ref[0]).abs().max())
@@ -313,6 +318,9 @@ def bench_case(kind: str, stage: str, modes, sizes: dict, device: torch.device, 
                 row.update(s_best=best, s_median=med, img_per_s=batch / med, peak_mib=mib(peak))
         except Exception as e:  # noqa: BLE001 - a mode that cannot run is reported, not fatal
             row.update(check="n/a", note=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+        m = None  # free this mode's copy before the next one is measured
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         rows.append(row)
         emit(row)
     return rows
