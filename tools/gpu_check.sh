@@ -15,13 +15,13 @@
 #   GPU_CHECK_CPU=1 bash tools/gpu_check.sh  # reduced CPU mode
 #
 # Environment: PYTHON (an interpreter with the requirements; default: .venv via make venv),
-# GPU_CHECK_BUDGET (seconds, default 480), GPU_CHECK_OUT (default gpu_check_out/): the
+# GPU_CHECK_BUDGET (seconds, default 480), GPU_CHECK_OUT (default exp/gpu_check/): the
 # benchmark JSON files and the logs of every part go there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$SECONDS
 BUDGET=${GPU_CHECK_BUDGET:-480}
-OUT=${GPU_CHECK_OUT:-gpu_check_out}
+OUT=${GPU_CHECK_OUT:-exp/gpu_check}
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 STATUS=()
@@ -51,6 +51,8 @@ part() {
 # 1. environment ---------------------------------------------------------------------------------
 if [ -n "${PYTHON:-}" ]; then
   PY=$PYTHON
+elif .venv/bin/python -c "import torch, pydensecrf.densecrf, pytest" 2>/dev/null; then
+  PY=.venv/bin/python   # an existing environment: no reinstall
 else
   part venv $(( $(left) - 120 )) make venv
   PY=.venv/bin/python
@@ -80,8 +82,9 @@ if [ $MODE = gpu ]; then
   BENCH=(--preset paper --device cuda --repeats 5 --case_timeout 60)
   COMPILE_BOX=150
 else
-  BENCH=(--preset demo --width 0.0625 --cam_crop 48 --cam_batch 4 --aff_crop 48 --aff_batch 4
-         --seg_crop 48 --seg_batch 4 --infer_size 48 64 --device cpu --repeats 2 --case_timeout 60)
+  # stage 2 needs maps of more than 10 cells (> 80 px) for its radius-5 pairs to exist
+  BENCH=(--preset demo --width 0.0625 --cam_crop 48 --cam_batch 4 --aff_crop 88 --aff_batch 2
+         --seg_crop 48 --seg_batch 4 --infer_size 88 96 --device cpu --repeats 2 --case_timeout 60)
   COMPILE_BOX=0
 fi
 RESERVE=60 part bench_pipeline 240 "$PY" -m tools.bench_pipeline "${BENCH[@]}" \

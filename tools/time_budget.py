@@ -17,7 +17,7 @@ Columns: "defaults" = run_all_voc.sh as shipped (fp32, --crf_workers 2, infer_se
 "tuned" = bf16 (--amp) where the script has it and a CRF pool on every free core, both on one
 GPU with --cores CPU cores; "4 GPUs" = tuned with NPROC=4 and 4 x --cores cores.
 
-    python -m tools.time_budget [--pipeline_json gpu_check_out/bench_pipeline.json] [--markdown]
+    python -m tools.time_budget [--pipeline_json exp/gpu_check/bench_pipeline.json] [--markdown]
 """
 from __future__ import annotations
 
