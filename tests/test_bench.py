@@ -184,3 +184,28 @@ def test_shared_lattice_crf_equals_one_crf_per_alpha(k):
         np.testing.assert_array_equal(cp, ref)
     if k:
         assert not np.array_equal(shared[0][1], shared[1][1])
+
+
+def test_time_budget_arithmetic():
+    from argparse import Namespace
+
+    from tools import time_budget as tb
+
+    args = Namespace(
+        tflops_fp32=150.0, tflops_bf16=300.0, crf_s=2.0, final_crf_s=1.8, walk_s=0.02,
+        eval_ips=300.0, cores=16)
+    rows = {r["step"]: r for r in tb.budget(args, {})}
+    # 10582 // 8 steps x 8 epochs x batch 8 images at 2.442 TFLOP / 150 TFLOP/s, in minutes
+    assert rows["train_cam"]["images"] == 84608
+    assert rows["train_cam"]["defaults_min"] == pytest.approx(84608 * 2.442 / 150 / 60)
+    assert rows["train_cam"]["tuned_min"] == pytest.approx(84608 * 2.442 / 300 / 60)
+    # the CRF pool bounds infer_cam: 10582 images x 2 core-s over 2 (defaults) or 14 workers
+    assert rows["infer_cam_train_aug"]["bound"] == "CPU"
+    assert rows["infer_cam_train_aug"]["defaults_min"] == pytest.approx(10582 * 2.0 / 2 / 60)
+    assert rows["infer_cam_train_aug"]["4gpu_min"] == pytest.approx(10582 * 2.0 / (14 * 4) / 60)
+    # a measured images/s replaces the estimate
+    measured = tb.budget(args, {("train", "cam", "fp32"): 100.0})
+    assert measured[0]["defaults_min"] == pytest.approx(84608 / 100.0 / 60)
+    assert measured[0]["gpu_cost"] == "measured"
+    total = rows.pop("total")
+    assert total["defaults_min"] == pytest.approx(sum(r["defaults_min"] for r in rows.values()))
