@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.requirements.stamp
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench bench-pipeline bench-gpu clean
 
 $(STAMP): requirements.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m tools.bench_evaluate
 	$(VENV)/bin/python -m tools.bench_fsl
 	$(VENV)/bin/python -m tools.bench_random_walk
+
+# Every stage's throughput per precision mode at the demo width (--preset paper: the paper's sizes).
+bench-pipeline: $(STAMP)
+	$(VENV)/bin/python -m tools.bench_pipeline
+	$(VENV)/bin/python -m tools.bench_crf --workers 1 2
+
+# The one-shot check of a GPU machine (docs/PERFORMANCE.md); a reduced CPU run without CUDA.
+bench-gpu:
+	bash tools/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) demo_exp

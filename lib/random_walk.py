@@ -162,6 +162,14 @@ def random_walk(cams: torch.Tensor, features: torch.Tensor, beta: float = 8, log
         raise ValueError(f"random_walk: expected features (D,h,w) or pair affinities (P,), got "
                          f"{tuple(features.shape)}")
     method = _resolve_method(method, aff.device)
+    # The walk is fp32 arithmetic even inside a caller's bf16 autocast region (--amp, the
+    # benchmark's bf16 modes): autocast would run the T^(2^logt) products in bf16 (8-bit mantissa).
+    with torch.autocast(aff.device.type, enabled=False):
+        return _walk(cams, aff, k, h, w, beta, logt, radius, method)
+
+
+def _walk(cams, aff, k, h, w, beta, logt, radius, method) -> torch.Tensor:
+    """:func:`random_walk` after the argument checks: (C+1, h, w) walked scores."""
     v = cams.reshape(k, h * w).to(device=aff.device, dtype=aff.dtype)
     if method == "dense":
         T = transition_matrix(affinity_matrix_from_pairs(aff, h, w, radius, beta, sparse=False))

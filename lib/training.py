@@ -5,6 +5,7 @@ Each stage script keeps its own loss and model; everything here is stage-agnosti
 * ``make_loader``   — each process's share of every global batch (:class:`GlobalBatchSampler`).
 * ``wrap_ddp``      — DistributedDataParallel when world > 1 (never DataParallel).
 * ``autocast``      — bf16 autocast on CUDA when ``--amp``; a no-op on the CPU.
+* ``channels_last`` — the channels_last memory format of ``--channels_last``.
 * ``iterate_steps`` — yields (step, batch) over epochs until ``max_step`` (resumable).
 * ``TrainLogger``   — tqdm bar with img/s on rank 0 and TensorBoard scalars.
 * ``save_weights`` / ``save_train_state`` / ``load_train_state`` — atomic, pickle-free checkpoints.
@@ -35,6 +36,11 @@ def add_common_train_args(p: argparse.ArgumentParser) -> None:
                    help="stop after this many optimiser steps (default: epochs x steps per epoch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored on the CPU)")
+    p.add_argument("--channels_last", action="store_true",
+                   help="weights and input batches in channels_last memory format (with --amp the "
+                        "fast layout of tensor-core convolutions; docs/PERFORMANCE.md). For CUDA: "
+                        "on the CPU, torch 2.14 crashed intermittently in channels_last training "
+                        "of DeepLab-v1")
     p.add_argument("--resume", default=None, help="training-state file (<session>.state.pth) to resume")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--save_every", type=int, default=0,
@@ -197,6 +203,11 @@ def autocast(enabled: bool, device: torch.device):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def channels_last(x, enabled: bool):
+    """``x`` (a module or an (N, C, H, W) tensor) in channels_last memory format when enabled."""
+    return x.to(memory_format=torch.channels_last) if enabled else x
 
 
 def iterate_steps(loader, sampler, max_step: int, start_step: int = 0):

@@ -15,7 +15,6 @@ Usage: python -m stage1_cam.infer_cam --weights cam.pth --infer_list val --voc12
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +23,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lib import dist
-from lib.crf import crf_from_cam
+from lib.crf import crf_from_cam_alphas
 from lib.datasets import MultiScaleInferenceDataset, resolve_list
 from lib.errors import check_args, check_writable_dir, run_main
 from lib.io import load_cls_labels, save_cam, save_crf
 from lib.models import build_model
+from lib.pool import BoundedPool
 from lib.weights import load_checkpoint
 
 
@@ -55,7 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "rules downstream (threshold, (1 - max)^alpha), e.g. relu_logits CAMs")
     p.add_argument("--backbone_width", type=float, default=1.0)
     p.add_argument("--num_workers", type=int, default=2, help="data-loading workers")
-    p.add_argument("--crf_workers", type=int, default=2, help="processes running the dense CRF")
+    p.add_argument("--crf_workers", type=int, default=2,
+                   help="processes running the dense CRF (0: in the main process); one core each. "
+                        "At VOC size the CRF, not the network, bounds a GPU run: give it the cores "
+                        "the data loaders leave free (docs/PERFORMANCE.md)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0)
@@ -112,8 +115,8 @@ def normalise_cams(mean_cam: torch.Tensor, label: torch.Tensor,
 
 def _crf_job(job) -> None:
     image, keys, cams, targets = job
-    for alpha, path in targets:
-        crf_keys, probs = crf_from_cam(image, keys, cams, alpha)
+    results = crf_from_cam_alphas(image, keys, cams, [alpha for alpha, _ in targets])
+    for (_, path), (crf_keys, probs) in zip(targets, results):
         save_crf(path, crf_keys, probs)
 
 
@@ -145,9 +148,8 @@ def main(argv=None) -> None:
         model.load_state_dict(load_checkpoint(args.weights), strict=True)
         model.to(device).eval()
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=args.num_workers)
-        pool = mp.get_context("spawn").Pool(args.crf_workers) if crf_dirs and args.crf_workers > 0 else None
-        pending = []
-        try:
+        workers = args.crf_workers if crf_dirs else 0
+        with BoundedPool(workers, max_pending=4 * workers) as pool:
             for item in tqdm(loader, total=len(dataset), desc="infer_cam", disable=not dist.is_main()):
                 image = item["image_uint8"]
                 image = image.numpy() if torch.is_tensor(image) else image
@@ -158,23 +160,8 @@ def main(argv=None) -> None:
                 keys, cams = normalise_cams(mean_cam, label, args.cam_power)
                 save_cam(out_cam / f"{item['id']}.npz", keys, cams)
                 if crf_dirs:
-                    job = (np.ascontiguousarray(image), keys, cams,
-                           [(a, d / f"{item['id']}.npz") for a, d in crf_dirs.items()])
-                    if pool is None:
-                        _crf_job(job)
-                    else:
-                        pending.append(pool.apply_async(_crf_job, (job,)))
-                        if len(pending) > 4 * args.crf_workers:  # bound memory held by queued jobs
-                            pending.pop(0).get()
-            for r in pending:
-                r.get()
-        except BaseException:
-            if pool is not None:  # do not leave CRF workers behind on an error
-                pool.terminate()
-            raise
-        if pool is not None:
-            pool.close()
-            pool.join()
+                    pool.submit(_crf_job, (np.ascontiguousarray(image), keys, cams,
+                                           [(a, d / f"{item['id']}.npz") for a, d in crf_dirs.items()]))
     dist.barrier()
     dist.cleanup()
 

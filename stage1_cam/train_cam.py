@@ -28,7 +28,8 @@ from lib.losses.seam import (equivariant_cross_regularization_loss,
 from lib.models import build_model, disable_dropout
 from lib.optim import build_optimizer
 from lib.training import (TrainingRun, add_common_train_args, add_weak_stage_args, autocast,
-                          check_train_args, iterate_steps, load_backbone_weights, make_loader,
+                          channels_last, check_train_args, iterate_steps,
+                          load_backbone_weights, make_loader,
                           steps_per_epoch)
 
 VIEW2_SCALE = 0.3  # SEAM's second view: the crop downscaled by 0.3
@@ -137,6 +138,7 @@ def main(argv=None) -> None:
     load_backbone_weights(model, args.weights, "train_cam")
     if not args.dropout:
         disable_dropout(model)
+    model = channels_last(model, args.channels_last)
     max_step = args.max_steps or steps_per_epoch(len(dataset), args.batch_size) * args.max_epoches
     optimizer = build_optimizer(args.optimizer, model.param_groups(), lr=args.lr,
                                 weight_decay=args.wt_dec, max_step=max_step,
@@ -147,7 +149,7 @@ def main(argv=None) -> None:
     model.train()
     step = start
     for step, batch in iterate_steps(loader, sampler, max_step, start):
-        img = batch["image"].to(device, non_blocking=True)
+        img = channels_last(batch["image"].to(device, non_blocking=True), args.channels_last)
         label = batch["label"].to(device, non_blocking=True)
         with autocast(args.amp, device):
             loss, parts = stage1_loss(model, img, label, args, generator=sample_gen,

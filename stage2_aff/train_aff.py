@@ -33,7 +33,8 @@ from lib.losses.affinity import affinity_loss
 from lib.models import build_model, disable_dropout
 from lib.optim import build_optimizer
 from lib.training import (TrainingRun, add_common_train_args, add_weak_stage_args, autocast,
-                          check_train_args, iterate_steps, load_backbone_weights, make_loader,
+                          channels_last, check_train_args, iterate_steps,
+                          load_backbone_weights, make_loader,
                           steps_per_epoch)
 
 RADIUS = 5  # PSA's pair radius at stride 8
@@ -92,6 +93,7 @@ def main(argv=None) -> None:
     load_backbone_weights(model, args.weights, "train_aff")
     if not args.dropout:
         disable_dropout(model)
+    model = channels_last(model, args.channels_last)
     max_step = args.max_steps or steps_per_epoch(len(dataset), args.batch_size) * args.max_epoches
     optimizer = build_optimizer(args.optimizer, model.param_groups(), lr=args.lr,
                                 weight_decay=args.wt_dec, max_step=max_step,
@@ -101,7 +103,7 @@ def main(argv=None) -> None:
     model.train()  # the network keeps its BatchNorm frozen (eval mode) itself
     step = start
     for step, batch in iterate_steps(loader, sampler, max_step, start):
-        img = batch["image"].to(device, non_blocking=True)
+        img = channels_last(batch["image"].to(device, non_blocking=True), args.channels_last)
         label = batch["label"].to(device, non_blocking=True)
         bg, fg, neg = extract_pair_labels(label, RADIUS)
         with autocast(args.amp, device):

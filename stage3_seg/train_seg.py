@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from lib import dist
 from lib.config import add_config_args, config_from_args
 from lib.errors import UserError, check_args, check_writable_dir, run_main
-from lib.training import (TrainingRun, add_common_train_args, autocast, iterate_steps,
-                          make_loader)
+from lib.training import (TrainingRun, add_common_train_args, autocast, channels_last,
+                          iterate_steps, make_loader)
 
 IGNORE_INDEX = 255
 
@@ -215,6 +215,7 @@ def main(argv=None) -> None:
                   "scratch use --set BN_MOMENTUM=0.1", file=sys.stderr)
     if world > 1 and device.type == "cuda" and args.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = channels_last(model, args.channels_last)
 
     max_step = cfg["ITERATIONS"]
     # SEAM's segmentation schedule: lr_t = LR (1 - t / (ITERATIONS + 1))^POWER, t = 0..ITERATIONS-1.
@@ -229,7 +230,7 @@ def main(argv=None) -> None:
     model.train()
     step = start
     for step, batch in iterate_steps(loader, sampler, max_step, start):
-        img = batch["image"].to(device, non_blocking=True)
+        img = channels_last(batch["image"].to(device, non_blocking=True), args.channels_last)
         label = batch["label"].to(device, non_blocking=True).long()
         with autocast(args.amp, device):
             loss, parts, logits = seg_loss(model, img, label, cfg["FSL_WEIGHT"], cfg["FSL_MU"],

@@ -11,29 +11,12 @@ present classes, the common case: the walk only needs the present classes). Two 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-
 import torch
 
 from lib.affinity import pair_affinity
 from lib.errors import check_args, run_main
 from lib.random_walk import random_walk
-
-
-def _time(fn, repeats: int, device: torch.device) -> tuple[float, float]:
-    """(best, median) wall seconds of ``fn`` over ``repeats`` runs after one warm-up run."""
-    fn()  # warm-up: allocations, cached pair indices, kernel selection
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return min(times), statistics.median(times)
+from tools._bench import time_fn
 
 
 def main(argv=None) -> None:
@@ -66,8 +49,8 @@ def main(argv=None) -> None:
         cams = torch.rand(k, args.height, args.width, generator=g).to(device)
         dense = random_walk(cams, aff, method="dense")
         for method in ("dense", "sparse"):
-            full = _time(lambda: random_walk(cams, feats, method=method), args.repeats, device)
-            walk = _time(lambda: random_walk(cams, aff, method=method), args.repeats, device)
+            full = time_fn(lambda: random_walk(cams, feats, method=method), args.repeats, device)
+            walk = time_fn(lambda: random_walk(cams, aff, method=method), args.repeats, device)
             err = ""
             if method == "sparse":
                 sparse = random_walk(cams, aff, method="sparse")

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# One-shot check of a GPU machine, from a clean checkout, in at most 8 minutes:
+#   1. the virtualenv (make venv; skipped when .venv is complete) and the GPU(s) seen by torch
+#   2. the GPU-relevant tests: tests/test_cuda.py (bf16 vs fp32 on CUDA, the random walk on the
+#      GPU vs the CPU, DDP over NCCL when there are 2+ GPUs) and tests/test_bench.py
+#   3. tools.bench_pipeline at the paper's sizes (width 1.0; stage 1 and 2 crop 448 batch 8;
+#      stage 3 crop 448 batch 10 = voc/config_voc2012.py; inference at 375x500), modes fp32,
+#      bf16, bf16 + channels_last, and torch.compile for stage-1 training
+#   4. tools.bench_crf (the CRF pool with 1, 2, ... workers) and tools.bench_random_walk on the GPU
+# and prints the benchmark table and a summary. Every part has its own time box; a part that
+# runs out of time is reported and the script goes on. Without CUDA (or with GPU_CHECK_CPU=1) it
+# runs the same parts at tiny sizes on the CPU in a minute or two (to know the script works).
+#
+#   bash tools/gpu_check.sh                  # from the repository root or anywhere
+#   GPU_CHECK_CPU=1 bash tools/gpu_check.sh  # reduced CPU mode
+#
+# Environment: PYTHON (an interpreter with the requirements; default: .venv via make venv),
+# GPU_CHECK_BUDGET (seconds, default 480), GPU_CHECK_OUT (default exp/gpu_check/): the
+# benchmark JSON files and the logs of every part go there.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+T0=$SECONDS
+BUDGET=${GPU_CHECK_BUDGET:-480}
+OUT=${GPU_CHECK_OUT:-exp/gpu_check}
+mkdir -p "$OUT"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
+STATUS=()
+
+left() { echo $((BUDGET - (SECONDS - T0))); }
+log() { printf '[gpu_check %4ds] %s\n' $((SECONDS - T0)) "$*"; }
+# part NAME SECONDS CMD...: run CMD with a time box of min(SECONDS, time left - reserve), log to
+# $OUT/NAME.log, record ok / FAIL / TIMEOUT / SKIP.
+part() {
+  local name=$1 box=$2 reserve=${RESERVE:-0}; shift 2
+  local avail=$(( $(left) - reserve ))
+  [ "$box" -gt "$avail" ] && box=$avail
+  if [ "$box" -lt 10 ]; then
+    STATUS+=("$name: SKIP (budget spent)"); log "$name: skipped, budget spent"; return 0
+  fi
+  log "$name (time box ${box}s, log $OUT/$name.log)"
+  local t=$SECONDS rc=0
+  timeout --kill-after=10 "$box" "$@" > "$OUT/$name.log" 2>&1 || rc=$?
+  local res=ok
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then res=TIMEOUT; elif [ $rc -ne 0 ]; then res="FAIL (exit $rc)"; fi
+  STATUS+=("$name: $res ($((SECONDS - t))s)")
+  log "$name: $res"
+  [ "$res" = ok ] || tail -n 15 "$OUT/$name.log"
+  return 0
+}
+
+# 1. environment ---------------------------------------------------------------------------------
+if [ -n "${PYTHON:-}" ]; then
+  PY=$PYTHON
+elif .venv/bin/python -c "import torch, pydensecrf.densecrf, pytest" 2>/dev/null; then
+  PY=.venv/bin/python   # an existing environment: no reinstall
+else
+  part venv $(( $(left) - 120 )) make venv
+  PY=.venv/bin/python
+fi
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  log "no usable Python with torch ($PY); see $OUT/venv.log"
+  exit 1
+fi
+CUDA=$("$PY" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)")
+if [ "${GPU_CHECK_CPU:-0}" = 1 ] || [ "$CUDA" = 0 ]; then
+  MODE=cpu; DEVICE=cpu
+  log "reduced CPU mode (GPU_CHECK_CPU=${GPU_CHECK_CPU:-0}, CUDA devices: $CUDA)"
+else
+  MODE=gpu; DEVICE=cuda
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
+    | sed 's/^/[gpu_check] GPU: /'
+fi
+"$PY" -c "import torch, os; print('[gpu_check] torch', torch.__version__, 'cuda', torch.version.cuda, \
+'devices', torch.cuda.device_count(), 'cpus', os.cpu_count())"
+CPUS=$(nproc)
+
+# 2. tests ---------------------------------------------------------------------------------------
+RESERVE=200 part tests 150 "$PY" -m pytest -q -x tests/test_cuda.py tests/test_bench.py
+
+# 3. the benchmark -------------------------------------------------------------------------------
+if [ $MODE = gpu ]; then
+  BENCH=(--preset paper --device cuda --repeats 5 --case_timeout 60)
+  COMPILE_BOX=150
+else
+  # stage 2 needs maps of more than 10 cells (> 80 px) for its radius-5 pairs to exist
+  BENCH=(--preset demo --width 0.0625 --cam_crop 48 --cam_batch 4 --aff_crop 88 --aff_batch 2
+         --seg_crop 48 --seg_batch 4 --infer_size 88 96 --device cpu --repeats 2 --case_timeout 60)
+  COMPILE_BOX=0
+fi
+RESERVE=60 part bench_pipeline 240 "$PY" -m tools.bench_pipeline "${BENCH[@]}" \
+  --modes fp32 bf16 bf16_cl --json "$OUT/bench_pipeline.json"
+if [ "$COMPILE_BOX" -gt 0 ]; then
+  RESERVE=60 part bench_compile "$COMPILE_BOX" "$PY" -m tools.bench_pipeline "${BENCH[@]}" \
+    --stages cam --kinds train --modes fp32 compile --compile_timeout $((COMPILE_BOX - 30)) \
+    --json "$OUT/bench_compile.json"
+fi
+
+# 4. CPU-bound steps -----------------------------------------------------------------------------
+if [ $MODE = gpu ]; then
+  W=$((CPUS > 4 ? CPUS - 2 : 2))
+  RESERVE=15 part bench_crf 60 "$PY" -m tools.bench_crf --workers 1 2 "$W" --images $((2 * W)) \
+    --cases stage1 --json "$OUT/bench_crf.json"
+  RESERVE=5 part bench_random_walk 30 "$PY" -m tools.bench_random_walk --device cuda --repeats 3
+else
+  RESERVE=15 part bench_crf 60 "$PY" -m tools.bench_crf --workers 1 2 --images 2 --size 120 160 \
+    --cases stage1 --json "$OUT/bench_crf.json"
+  RESERVE=5 part bench_random_walk 30 "$PY" -m tools.bench_random_walk --device cpu --repeats 1 \
+    --height 24 --width 32 --dim 64 --channels 3
+fi
+
+# summary ----------------------------------------------------------------------------------------
+echo
+echo "==================== gpu_check ($MODE, $((SECONDS - T0)) s of ${BUDGET} s) ===================="
+for s in "${STATUS[@]}"; do echo "  $s"; done
+echo
+for f in bench_pipeline bench_compile; do
+  [ -s "$OUT/$f.log" ] && sed -n '/^$/,$p' "$OUT/$f.log"
+done
+[ -s "$OUT/bench_crf.log" ] && sed -n '/^$/,$p' "$OUT/bench_crf.log"
+[ -s "$OUT/bench_random_walk.log" ] && cat "$OUT/bench_random_walk.log"
+"$PY" - "$OUT" <<'EOF'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+rows = []
+for name in ("bench_pipeline.json", "bench_compile.json"):
+    if (out / name).is_file():
+        rows += json.loads((out / name).read_text())["rows"]
+get = lambda mode: next((r for r in rows if r["kind"] == "train" and r["stage"] == "cam"
+                         and r["mode"] == mode and r.get("img_per_s")), None)
+fp32, fast = get("fp32"), get("bf16_cl")
+if fp32 and fast:
+    ratio = fast["img_per_s"] / fp32["img_per_s"]
+    print(f"\nstage-1 training {fp32.get('shape')}: fp32 {fp32['img_per_s']:.1f} img/s "
+          f"(peak {fp32.get('peak_mib') or 0:.0f} MiB), bf16+channels_last "
+          f"{fast['img_per_s']:.1f} img/s (peak {fast.get('peak_mib') or 0:.0f} MiB): "
+          f"{ratio:.2f}x (goal >= 2x on the GPU)")
+bad = [f"{r['kind']}/{r['stage']}/{r['mode']}" for r in rows if r.get("check") == "FAIL"]
+print("tolerance checks: " + ("all passed" if not bad else "FAILED " + ", ".join(bad)))
+EOF
+for s in "${STATUS[@]}"; do
+  case $s in *FAIL*) exit 1 ;; esac
+done
+exit 0
