@@ -28,7 +28,7 @@ from lib.crf import crf_from_cam
 from lib.datasets import MultiScaleInferenceDataset, resolve_list
 from lib.io import load_cls_labels, save_cam, save_crf
 from lib.models import build_model
-from lib.weights import load_checkpoint
+from lib.weights import load_weights_into
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -132,7 +132,7 @@ def main(argv=None) -> None:
               + (" (rank 0)" if world > 1 else ""))
     if todo:
         model = build_model("cam", num_classes=layout.num_classes, width=args.backbone_width)
-        model.load_state_dict(load_checkpoint(args.weights), strict=True)
+        load_weights_into(model, args.weights)
         model.to(device).eval()
         dataset = MultiScaleInferenceDataset(layout, cls_labels, scales=tuple(args.scales),
                                              flip=not args.no_flip, ids=todo)

@@ -37,7 +37,7 @@ from lib.datasets.transforms import Normalize, to_chw_tensor
 from lib.io import load_cam, save_label_png
 from lib.models import build_model
 from lib.random_walk import METHODS, cams_with_background, random_walk
-from lib.weights import load_checkpoint
+from lib.weights import load_weights_into
 
 RADIUS = 5
 
@@ -135,7 +135,7 @@ def main(argv=None) -> None:
               + (" (rank 0)" if world > 1 else ""))
     if todo:
         model = build_model("aff", width=args.backbone_width)
-        model.load_state_dict(load_checkpoint(args.weights), strict=True)
+        load_weights_into(model, args.weights)
         model.to(device).eval()
         loader = DataLoader(_Images(layout, todo, cam_dir), batch_size=1, collate_fn=_first,
                             num_workers=args.workers)
