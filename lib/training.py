@@ -417,11 +417,12 @@ class TrainingRun:
 
     def finish(self, model, optimizer, step: int) -> None:
         self.logger.close()
+        # The state first: a state newer than <session>.pth marks an unfinished run to resume.
+        # The config after the weights it describes: a failed weight save keeps the old pair.
+        self.save_state(model, optimizer, self.max_step)
         if dist.is_main():
             save_weights(model, f"{self.session}.pth")
             write_run_config(f"{self.session}.config.json", self.config)
-        self.save_state(model, optimizer, self.max_step)
-        if dist.is_main():
             print(f"{self.desc}: saved {self.session}.pth ({self.max_step} steps, "
                   f"{self.logger.images_per_second(step):.1f} img/s)")
         dist.barrier()
