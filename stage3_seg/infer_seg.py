@@ -197,10 +197,15 @@ def resolve_config(args: argparse.Namespace) -> dict:
 
 def load_model(cfg: dict, weights: str, device: torch.device) -> nn.Module:
     from lib.models import build_model
+    from lib.checkpoint import CheckpointError
     from lib.weights import load_weights_into
 
     model = build_model("deeplabv1", num_classes=cfg["NUM_CLASSES"] - 1, width=cfg["BACKBONE_WIDTH"])
-    load_weights_into(model, weights)  # names the keys and shapes that do not fit
+    try:
+        load_weights_into(model, weights)  # names the keys and shapes that do not fit
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (DeepLab-v1 built with NUM_CLASSES={cfg['NUM_CLASSES']}, "
+                              f"BACKBONE_WIDTH={cfg['BACKBONE_WIDTH']})") from None
     return model.to(device).eval()
 
 

@@ -41,8 +41,7 @@ SAVE_EVERY=${SAVE_EVERY:-500}
 case $SEG_LABELS in rw|crf) ;; *) echo "SEG_LABELS must be rw or crf, not '$SEG_LABELS'" >&2; exit 2;; esac
 case $NPROC in ''|*[!0-9]*|0*) echo "NPROC must be a positive integer, not '$NPROC'" >&2; exit 2;; esac
 case $SAVE_EVERY in ''|*[!0-9]*) echo "SAVE_EVERY must be a number of steps (0: only at the end), not '$SAVE_EVERY'" >&2; exit 2;; esac
-STAGES=${STAGES//,/ }
-read -r -a _stages <<< "$STAGES"
+read -r -a _stages <<< "${STAGES//,/ }"
 for _s in "${_stages[@]}"; do
   case $_s in 1|2|3) ;; *) echo "STAGES must list stages 1 2 3 (spaces or commas), not '$STAGES'" >&2; exit 2;; esac
 done
@@ -100,9 +99,12 @@ stop_step() {
   if [ -n "$CHILD" ]; then
     echo "[stop] SIG$sig: stopping $CHILD_NAME" >&2
     kill -"$sig" -- -"$CHILD" 2>/dev/null || true
-    ( sleep "${STOP_GRACE_S:-20}"; kill -KILL -- -"$CHILD" 2>/dev/null ) & local watchdog=$!
+    set -m   # the watchdog in a group of its own, so that its sleep goes with it
+    ( sleep "${STOP_GRACE_S:-20}"; kill -KILL -- -"$CHILD" 2>/dev/null ) &
+    local watchdog=$!
+    set +m
     wait "$CHILD" 2>/dev/null || true
-    kill "$watchdog" 2>/dev/null || true
+    kill -- -"$watchdog" 2>/dev/null || true
     kill -KILL -- -"$CHILD" 2>/dev/null || true   # stragglers of the group, if any
   fi
   exit "$code"
