@@ -25,6 +25,8 @@ from lib.errors import UserError
 from lib.io import atomic_path
 
 SIDECAR_SUFFIX = ".sha256"
+# The classifiers of the CAM network and DeepLab-v1: (classes, channels, 1, 1).
+CLASSIFIER_KEYS = ("fc8.weight", "cls_conv.weight")
 
 
 class CheckpointError(UserError, ValueError):
@@ -98,10 +100,12 @@ def check_fits(state: dict, model_state: dict, path: str | os.PathLike, what: st
     E.g. ``cam.pth does not fit the model: fc8.weight: checkpoint [21, 4096, 1, 1], model
     [6, 512, 1, 1]; 3 more``. ``num_batches_tracked`` may be missing (older checkpoints).
     """
-    problems = []
-    for k, v in state.items():
-        if k in model_state and tuple(v.shape) != tuple(model_state[k].shape):
-            problems.append(f"{k}: checkpoint {list(v.shape)}, {what} {list(model_state[k].shape)}")
+    bad = [k for k, v in state.items()
+           if k in model_state and tuple(v.shape) != tuple(model_state[k].shape)]
+    # A classifier (its rows are the class count) first, then the first other tensor (width).
+    bad.sort(key=lambda k: k not in CLASSIFIER_KEYS)
+    problems = [f"{k}: checkpoint {list(state[k].shape)}, {what} {list(model_state[k].shape)}"
+                for k in bad]
     missing = [k for k in model_state if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in model_state]
     if missing:
@@ -111,7 +115,7 @@ def check_fits(state: dict, model_state: dict, path: str | os.PathLike, what: st
         problems.append(f"{len(unexpected)} checkpoint tensors the {what} lacks "
                         f"(e.g. {unexpected[0]})")
     if problems:
-        shown = "; ".join(problems[:3])
-        more = f"; {len(problems) - 3} more" if len(problems) > 3 else ""
+        shown = "; ".join(problems[:2])
+        more = f"; {len(problems) - 2} more" if len(problems) > 2 else ""
         raise CheckpointError(f"{path}: does not fit the {what} (another class count or "
                         f"--backbone_width?): {shown}{more}")

@@ -123,7 +123,7 @@ def test_checkpoint_of_another_class_count_is_one_clear_error(voc, tmp_path, cap
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"infer_cam: error: {weights}: does not fit the model")
-    assert re.search(r"fc8\.weight: checkpoint \[20, \d+, 1, 1\], model \[5, \d+, 1, 1\]", err[0])
+    assert re.search(r"fc8\.weight: checkpoint \[21, \d+, 1, 1\], model \[6, \d+, 1, 1\]", err[0])
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -307,6 +307,9 @@ def test_failed_step_shows_its_last_lines_without_progress_bars(tmp_path):
 
 TINY = {"DEMO_NUM_TRAIN": "8", "DEMO_NUM_VAL": "4", "DEMO_SIZE": "64", "DEMO_WIDTH": WIDTH,
         "DEMO_CAM_STEPS": "16", "DEMO_BATCH": "2", "SAVE_EVERY": "3", "STAGES": "1",
+        # dropout and importance sampling: the training step draws from the torch RNG and the
+        # sampling generator, whose states the resumed run must restore
+        "DEMO_CAM_TRAIN_ARGS": "--dropout --loss_weight 0.5",
         "OMP_NUM_THREADS": "1", "EVAL_WORKERS": "1"}
 
 
