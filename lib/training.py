@@ -334,9 +334,10 @@ def load_train_state(path: str | Path, model, optimizer, config: dict | None = N
     if config is not None and "config" in state:
         diff = config_differences(json.loads(state["config"]), config)
         if diff:
+            more = f"; {len(diff) - 5} more" if len(diff) > 5 else ""
             raise UserError(f"{path}: --resume: the state was written by a run with other "
-                            f"settings ({'; '.join(diff[:5])}); rerun with those settings, or "
-                            f"delete the state file to start over")
+                            f"settings ({'; '.join(diff[:5])}{more}); rerun with those "
+                            f"settings, or delete the state file to start over")
     check_fits(state["model"], dist.unwrap(model).state_dict(), path)
     dist.unwrap(model).load_state_dict(state["model"], strict=False)
     try:
