@@ -4,6 +4,7 @@
 #   NPROC=8 bash run_all_coco.sh
 set -euo pipefail
 cd "$(dirname "$0")"
+source tools/runner_args.sh
 COCO_YEAR=${COCO_YEAR:-2014}
 export DATASET=coco
 export DATA_ROOT=${DATA_ROOT:-data/coco}

@@ -6,6 +6,7 @@
 #   EXPDIR, NPROC, STAGES, TARGET_MIOU (0.70: a note is printed below it), SEG_LABELS (crf).
 set -euo pipefail
 cd "$(dirname "$0")"
+source tools/runner_args.sh
 export PYTHON=${PYTHON:-python}
 export EXPDIR=${EXPDIR:-demo_exp}
 export DATASET=voc

@@ -4,6 +4,7 @@
 #   NPROC=4 bash run_all_voc.sh   # 4 GPUs with torchrun; STAGES="2 3" resumes after stage 1
 set -euo pipefail
 cd "$(dirname "$0")"
+source tools/runner_args.sh
 export DATASET=voc
 export DATA_ROOT=${DATA_ROOT:-data/VOCdevkit/VOC2012}
 export EXPDIR=${EXPDIR:-exp/voc}

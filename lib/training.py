@@ -7,8 +7,20 @@ Each stage script keeps its own loss and model; everything here is stage-agnosti
 * ``autocast``      — bf16 autocast on CUDA when ``--amp``; a no-op on the CPU.
 * ``channels_last`` — the channels_last memory format of ``--channels_last``.
 * ``iterate_steps`` — yields (step, batch) over epochs until ``max_step`` (resumable).
-* ``TrainLogger``   — tqdm bar with img/s on rank 0 and TensorBoard scalars.
-* ``save_weights`` / ``save_train_state`` / ``load_train_state`` — atomic, pickle-free checkpoints.
+* ``TrainLogger``   — rank 0: a tqdm bar on a terminal, plain periodic lines in a log file;
+  TensorBoard scalars.
+* ``save_weights`` / ``save_train_state`` / ``load_train_state`` — atomic, pickle-free,
+  byte-reproducible checkpoints with a sha256 sidecar (``lib.checkpoint``).
+
+Resuming is exact: an interrupted run continued with ``--resume <session>.state.pth`` gives the
+same weights as an uninterrupted one (same machine and process count), because everything
+random is a function of the run's state at a step boundary:
+
+* data order: the sampler's permutation is a function of (seed, epoch) (``GlobalBatchSampler``);
+* augmentation: each sample draws ``default_rng([seed, epoch, index])`` (the datasets'
+  ``seed``/``set_epoch``), independent of the loader's workers;
+* the training step (dropout, importance sampling): the torch CPU/CUDA RNG states and any
+  named generators are saved in the state file and restored (``rng_state``/``set_rng_state``).
 """
 from __future__ import annotations
 
@@ -16,6 +28,8 @@ import argparse
 import contextlib
 import functools
 import json
+import math
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +37,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from lib import dist
-from lib.errors import UserError, check_args
+from lib.checkpoint import check_fits, load_verified, save_checkpoint
+from lib.errors import RunError, UserError, check_args
 from lib.io import atomic_path
 from lib.optim import LR_MULT
 
@@ -105,48 +120,53 @@ def check_train_args(args: argparse.Namespace, extra: dict[str, str] | None = No
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
-    """This process's share of each global batch, in the single-process order.
+    """This process's share of each global batch; the order is a function of (seed, epoch).
 
-    Every rank draws the same permutation from its own copy of the seeded ``generator`` (the one
-    the DataLoader also draws its worker seed from, so the stream is exactly that of a
-    single-process ``DataLoader(shuffle=True, generator=...)``), cuts it into global batches of
-    ``global_batch`` images and keeps the slice :func:`lib.dist.shard_bounds` gives the rank
+    Every rank draws the same permutation of the dataset, ``randperm(n)`` from a generator seeded
+    with ``seed + epoch`` (``set_epoch``; as ``DistributedSampler`` does, and also for a single
+    process, so a resumed run sees the order of the interrupted one), cuts it into global batches
+    of ``global_batch`` images and keeps the slice :func:`lib.dist.shard_bounds` gives the rank
     (10 over 4 -> 3, 3, 2, 2). Together the K ranks see, step by step, the images one process
-    sees with the whole batch.
+    sees with the whole batch. ``set_epoch(epoch, skip=k)`` starts that epoch at its k-th batch
+    without loading the ones before (a mid-epoch resume).
     """
 
-    def __init__(self, num_items: int, global_batch: int, rank: int, world: int,
-                 generator: torch.Generator, shuffle: bool = True, drop_last: bool = True):
+    def __init__(self, num_items: int, global_batch: int, rank: int, world: int, seed: int,
+                 shuffle: bool = True, drop_last: bool = True):
         dist.shard_sizes(global_batch, world)  # refuses a batch smaller than the world
         tail = num_items % global_batch
         if not drop_last and 0 < tail < world:
             raise UserError(f"--batch_size: the last batch of {tail} image(s) cannot be split "
                             f"over {world} processes; drop it or change the batch size")
         self.num_items, self.global_batch = num_items, global_batch
-        self.rank, self.world = rank, world
-        self.generator, self.shuffle, self.drop_last = generator, shuffle, drop_last
+        self.rank, self.world, self.seed = rank, world, int(seed)
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = int(epoch), int(skip)
+
+    def global_batches(self) -> list[list[int]]:
+        """The epoch's global batches (dataset indices), before the split over ranks."""
+        n, gb = self.num_items, self.global_batch
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        batches = [order[b0:b0 + gb] for b0 in range(0, n, gb)]
+        if batches and len(batches[-1]) < gb and self.drop_last:
+            batches.pop()
+        return batches
 
     def __iter__(self):
-        n, gb = self.num_items, self.global_batch
-        order = (torch.randperm(n, generator=self.generator).tolist() if self.shuffle
-                 else list(range(n)))
-        for b0 in range(0, n, gb):
-            batch = order[b0:b0 + gb]
-            if len(batch) < gb and self.drop_last:
-                break
+        for batch in self.global_batches()[self.skip:]:
             start, stop = dist.shard_bounds(len(batch), self.rank, self.world)
             yield batch[start:stop]
-        if self.shuffle:
-            # RandomSampler draws one more (empty) permutation when it is exhausted; doing the
-            # same keeps the generator's stream, and so a single process's epochs, unchanged.
-            torch.randperm(n, generator=self.generator)
 
     def __len__(self) -> int:
         full, tail = divmod(self.num_items, self.global_batch)
         return full + (bool(tail) and not self.drop_last)
-
-    def set_epoch(self, epoch: int) -> None:
-        """No-op: each epoch's order is the next draw of the generator, as on a single process."""
 
 
 def _reseed_worker_for_rank(rank: int, worker_id: int) -> None:
@@ -166,21 +186,29 @@ def make_loader(dataset, global_batch: int, rank: int, world: int, seed: int, nu
                 shuffle: bool = True, drop_last: bool = True):
     """DataLoader of this process's share of each global batch; returns (loader, sampler).
 
-    The sampler is a :class:`GlobalBatchSampler` (``set_epoch`` is a no-op); with one process
-    the batches are exactly those of ``DataLoader(shuffle=True, generator=Generator(seed))``.
+    The sampler is a :class:`GlobalBatchSampler`; :func:`iterate_steps` sets its epoch.
     """
     if len(dataset) < global_batch and drop_last:
         raise UserError(f"--batch_size: the dataset has {len(dataset)} images, fewer than the "
                         f"batch of {global_batch}")
-    g = torch.Generator().manual_seed(seed)
-    sampler = GlobalBatchSampler(len(dataset), global_batch, rank, world, g, shuffle=shuffle,
+    sampler = GlobalBatchSampler(len(dataset), global_batch, rank, world, seed, shuffle=shuffle,
                                  drop_last=drop_last)
+    g = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                         pin_memory=torch.cuda.is_available(), generator=g,
                         worker_init_fn=(functools.partial(_reseed_worker_for_rank, rank) if rank > 0
                                         else None),
                         persistent_workers=num_workers > 0)
     return loader, sampler
+
+
+def set_epoch(loader, sampler, epoch: int, skip: int = 0) -> None:
+    """Point the sampler's order (from its ``skip``-th batch) and the dataset's augmentation
+    seeds at ``epoch``."""
+    if sampler is not None:
+        sampler.set_epoch(epoch, skip)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
 
 
 def steps_per_epoch(num_images: int, global_batch: int) -> int:
@@ -213,8 +241,9 @@ def channels_last(x, enabled: bool):
 def iterate_steps(loader, sampler, max_step: int, start_step: int = 0):
     """Yield (step, batch) for step in [start_step, max_step), cycling epochs.
 
-    A resumed run skips the batches of the epoch already consumed, so the schedule position
-    (learning rate, epoch count) matches an uninterrupted run.
+    A resumed run starts its epoch at the first batch not yet consumed (the sampler skips the
+    others without loading them), so the schedule position and the data match an uninterrupted
+    run.
     """
     n = len(loader)
     if n == 0:
@@ -223,13 +252,9 @@ def iterate_steps(loader, sampler, max_step: int, start_step: int = 0):
     epoch = start_step // n
     skip = start_step % n
     while step < max_step:
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        for i, batch in enumerate(loader):
-            if skip:
-                if i < skip:
-                    continue
-                skip = 0
+        set_epoch(loader, sampler, epoch, skip)
+        skip = 0
+        for batch in loader:
             yield step, batch
             step += 1
             if step >= max_step:
@@ -238,21 +263,28 @@ def iterate_steps(loader, sampler, max_step: int, start_step: int = 0):
 
 
 class TrainLogger:
-    """tqdm bar (rank 0) with images/s and the running losses, plus TensorBoard scalars."""
+    """Rank 0's progress: a tqdm bar with images/s and the running loss when stderr is a
+    terminal; otherwise (a log file) one plain line at the first and last step and every
+    ``plain_every_s`` seconds, so the log's tail is readable. TensorBoard scalars either way."""
+
+    plain_every_s = 30.0
 
     def __init__(self, tb_dir: str | None, max_step: int, start_step: int, global_batch: int,
                  desc: str):
         from tqdm import tqdm
 
         self.main = dist.is_main()
+        self.desc, self.max_step = desc, max_step
+        self.tty = sys.stderr.isatty()
+        self.last_line = -math.inf
         self.global_batch = global_batch
         self.writer = None
         if self.main and tb_dir:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(tb_dir)
-        self.bar = tqdm(total=max_step, initial=start_step, desc=desc, disable=not self.main,
-                        dynamic_ncols=True)
+        self.bar = tqdm(total=max_step, initial=start_step, desc=desc,
+                        disable=not (self.main and self.tty), dynamic_ncols=True)
         self.t0 = time.time()
         self.start_step = start_step
         self.avg: dict[str, float] = {}
@@ -271,6 +303,14 @@ class TrainLogger:
         shown = [k for k in ("total", "loss", "cls") if k in self.avg][:1] or list(self.avg)[:1]
         self.bar.set_postfix({"img/s": f"{ips:.1f}", **{k: f"{self.avg[k]:.3f}" for k in shown}})
         self.bar.update(1)
+        now = time.time()
+        if not self.tty and (step == self.start_step or step + 1 == self.max_step
+                             or now - self.last_line >= self.plain_every_s):
+            self.last_line = now
+            losses = " ".join(f"{k} {self.avg[k]:.4f}" for k in shown)
+            lr = f" lr {scalars['lr']:.3g}" if "lr" in scalars else ""
+            print(f"{self.desc}: step {step + 1}/{self.max_step} {losses}{lr} {ips:.1f} img/s",
+                  file=sys.stderr, flush=True)
 
     def images_per_second(self, step: int) -> float:
         return (step + 1 - self.start_step) * self.global_batch / max(1e-9, time.time() - self.t0)
@@ -281,49 +321,137 @@ class TrainLogger:
             self.writer.close()
 
 
+# Settings that do not change what a run computes: a resumed run may use other values.
+RESUME_FREE_KEYS = frozenset({"resume", "save_every", "threads", "num_workers", "tblog_dir",
+                              "image_every", "device", "WORKERS"})
+
+
+def run_config(args: argparse.Namespace, extra: dict | None = None) -> dict:
+    """The effective configuration of a run as plain JSON values (arguments + ``extra``)."""
+    return json.loads(json.dumps({**vars(args), **(extra or {})}, default=str))
+
+
+def config_differences(saved: dict, now: dict) -> list[str]:
+    """``key: state X, now Y`` for every setting (outside RESUME_FREE_KEYS) that differs."""
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        if k in RESUME_FREE_KEYS:
+            continue
+        a, b = saved.get(k), now.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{k}.{d}" for d in config_differences(a, b)]
+        elif a != b:
+            out.append(f"{k}: state {a!r}, now {b!r}")
+    return out
+
+
+def check_finite_weights(model, where: str) -> None:
+    """RunError naming the first non-finite tensor: a diverged model is never saved."""
+    for k, v in dist.unwrap(model).state_dict().items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise RunError(f"{where}: non-finite values in {k}; training diverged, nothing saved")
+
+
+def rng_state(device: torch.device, generators: dict[str, torch.Generator]) -> dict:
+    """This process's RNG states: torch CPU, the CUDA device's, and the named generators."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    for name, g in generators.items():
+        state[f"generator.{name}"] = g.get_state()
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device, generators: dict[str, torch.Generator],
+                  path) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    for name, g in generators.items():
+        if f"generator.{name}" not in state:
+            raise UserError(f"{path}: the training state has no RNG state of '{name}'")
+        g.set_state(state[f"generator.{name}"])
+
+
+def _rank() -> int:
+    import torch.distributed as tdist
+
+    return tdist.get_rank() if tdist.is_initialized() else 0
+
+
+def gather_rng_states(device: torch.device, generators: dict[str, torch.Generator]) -> list[dict]:
+    """Every rank's ``rng_state`` (collective under torchrun), indexed by rank."""
+    mine = rng_state(device, generators)
+    if dist.world_size() == 1:
+        return [mine]
+    import torch.distributed as tdist
+
+    states: list = [None] * dist.world_size()
+    tdist.all_gather_object(states, mine)
+    return states
+
+
 def save_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Final weights: a plain state_dict without ``module.`` prefix (loads with weights_only)."""
-    with atomic_path(path) as tmp:
-        torch.save(dist.unwrap(model).state_dict(), tmp)
+    """Final weights: a plain state_dict without ``module.`` prefix (loads with weights_only),
+    byte-reproducible, written atomically with its ``.sha256`` sidecar."""
+    check_finite_weights(model, str(path))
+    save_checkpoint(dist.unwrap(model).state_dict(), path)
 
 
-def save_train_state(path: str | Path, model, optimizer, step: int, args: argparse.Namespace) -> None:
-    """Everything ``--resume`` needs; only tensors and plain containers (weights_only-loadable)."""
+def save_train_state(path: str | Path, model, optimizer, step: int, config: dict,
+                     rng: list[dict]) -> None:
+    """Everything ``--resume`` needs; only tensors and plain containers (weights_only-loadable):
+    model, optimizer, step, the run config (JSON) and every rank's RNG states."""
+    check_finite_weights(model, str(path))
     state = {"model": dist.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-             "step": int(step), "args": json.dumps(vars(args), default=str)}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+             "step": int(step), "config": json.dumps(config, sort_keys=True), "rng": rng}
+    save_checkpoint(state, path)
 
 
-def load_train_state(path: str | Path, model, optimizer) -> int:
-    """Restore model and optimiser from a training-state file; returns the step to continue at."""
+def load_train_state(path: str | Path, model, optimizer, config: dict | None = None):
+    """Restore model and optimiser from a training-state file.
+
+    ``config`` (``run_config`` of the current run) must equal the state's outside
+    RESUME_FREE_KEYS, else a UserError lists the differences. Returns (step to continue at,
+    the per-rank RNG states or None for a state file that has none).
+    """
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"--resume: {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise SystemExit(f"--resume: {path} is not a training-state file ({e})") from e
+        raise UserError(f"{path}: --resume: training-state file does not exist")
+    state = load_verified(path)
     if not isinstance(state, dict) or not {"model", "optimizer", "step"} <= set(state):
-        raise SystemExit(f"--resume: {path} lacks model/optimizer/step entries")
-    dist.unwrap(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"])
+        raise UserError(f"{path}: --resume: not a training-state file (no model/optimizer/step)")
+    if config is not None and "config" in state:
+        diff = config_differences(json.loads(state["config"]), config)
+        if diff:
+            more = f"; {len(diff) - 5} more" if len(diff) > 5 else ""
+            raise UserError(f"{path}: --resume: the state was written by a run with other "
+                            f"settings ({'; '.join(diff[:5])}{more}); rerun with those "
+                            f"settings, or delete the state file to start over")
+    check_fits(state["model"], dist.unwrap(model).state_dict(), path)
+    dist.unwrap(model).load_state_dict(state["model"], strict=False)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise UserError(f"{path}: --resume: the optimiser state does not fit ({e})") from e
+    return int(state["step"]), state.get("rng")
 
 
-def write_run_config(path: str | Path, args: argparse.Namespace, extra: dict | None = None) -> None:
-    """Record the effective configuration next to the checkpoint (JSON)."""
-    cfg = {**vars(args), **(extra or {})}
+def write_run_config(path: str | Path, config: dict) -> None:
+    """Record the effective configuration next to the checkpoint (JSON, atomic)."""
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(cfg, indent=2, default=str))
+        Path(tmp).write_text(json.dumps(config, indent=2, default=str))
 
 
 class TrainingRun:
     """The bookkeeping every stage's loop shares around its own loss.
 
-    ``start`` wraps the model for DDP, restores ``--resume``, records the run config next to
-    the checkpoint and opens the logger; ``after_step`` writes the periodic training state
-    (``--save_every``); ``finish`` saves ``<session>.pth`` (plain state_dict) and the final state.
+    ``start`` wraps the model for DDP, restores ``--resume`` (weights, optimiser, RNG states)
+    and opens the logger; ``check_loss`` stops a diverged run; ``after_step`` writes the
+    periodic training state (``--save_every``); ``finish`` saves ``<session>.pth`` (plain
+    state_dict), its run config ``<session>.config.json`` and the final state. Nothing next to
+    the checkpoint is written before the run saves, so a failed rerun leaves the previous
+    checkpoint and its config intact.
     """
 
     def __init__(self, args: argparse.Namespace, desc: str, global_batch: int, max_step: int):
@@ -331,30 +459,64 @@ class TrainingRun:
         self.global_batch, self.max_step = global_batch, max_step
         self.session = Path(args.session_name)
         self.logger: TrainLogger | None = None
+        self.config: dict = {}
+        self.device = torch.device("cpu")
+        self.generators: dict[str, torch.Generator] = {}
 
-    def start(self, model, optimizer, device: torch.device, world: int, extra: dict):
-        """Returns (model wrapped for DDP, first step)."""
+    def start(self, model, optimizer, device: torch.device, world: int, extra: dict,
+              generators: dict[str, torch.Generator] | None = None):
+        """Returns (model wrapped for DDP, first step). ``generators``: the named RNGs of the
+        training step (besides torch's global one) whose state a resumed run restores."""
+        self.device, self.generators = device, dict(generators or {})
+        self.config = run_config(self.args, {"world_size": world, "max_step": self.max_step,
+                                             **extra})
         model = wrap_ddp(model, device, world)
-        start = load_train_state(self.args.resume, model, optimizer) if self.args.resume else 0
-        if dist.is_main():
-            write_run_config(f"{self.session}.config.json", self.args,
-                             {"world_size": world, "max_step": self.max_step, **extra})
+        start = 0
+        if self.args.resume:
+            start, rng = load_train_state(self.args.resume, model, optimizer, self.config)
+            if rng is not None and len(rng) == world:
+                set_rng_state(rng[_rank()], device, self.generators, self.args.resume)
+            elif dist.is_main():
+                print(f"{self.desc}: WARNING: {self.args.resume} has no RNG states for "
+                      f"{world} process(es); the resumed run will not repeat the interrupted "
+                      f"one exactly", file=sys.stderr)
+            if dist.is_main():
+                print(f"{self.desc}: resuming {self.args.resume} at step {start}/{self.max_step}",
+                      file=sys.stderr)
         self.logger = TrainLogger(self.args.tblog_dir or f"{self.session}_tb", self.max_step,
                                   start, self.global_batch, desc=self.desc)
         return model, start
 
+    def check_loss(self, step: int, loss: torch.Tensor, parts: dict[str, float]) -> None:
+        """RunError on a non-finite loss, before it reaches the weights. ``parts`` are the
+        logged values of the global batch (all-reduced), so a non-finite loss on any process
+        stops every process at the same step."""
+        if not (torch.isfinite(loss.detach()).all()
+                and all(math.isfinite(float(v)) for v in parts.values())):
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
+            raise RunError(f"{self.desc}: non-finite loss at step {step + 1} ({shown}): "
+                           f"training diverged; nothing was saved after the last state "
+                           f"(--save_every) (try a lower --lr)")
+
+    def save_state(self, model, optimizer, step: int) -> None:
+        rng = gather_rng_states(self.device, self.generators)  # collective: every rank
+        if dist.is_main():
+            save_train_state(f"{self.session}.state.pth", model, optimizer, step, self.config, rng)
+
     def after_step(self, step: int, model, optimizer, scalars: dict[str, float]) -> None:
         self.logger.log(step, scalars)
         every = self.args.save_every
-        if every and (step + 1) % every == 0 and dist.is_main():
-            save_train_state(f"{self.session}.state.pth", model, optimizer, step + 1, self.args)
+        if every and (step + 1) % every == 0 and step + 1 < self.max_step:
+            self.save_state(model, optimizer, step + 1)
 
     def finish(self, model, optimizer, step: int) -> None:
         self.logger.close()
+        # The state first: a state newer than <session>.pth marks an unfinished run to resume.
+        # The config after the weights it describes: a failed weight save keeps the old pair.
+        self.save_state(model, optimizer, self.max_step)
         if dist.is_main():
             save_weights(model, f"{self.session}.pth")
-            save_train_state(f"{self.session}.state.pth", model, optimizer, self.max_step,
-                             self.args)
+            write_run_config(f"{self.session}.config.json", self.config)
             print(f"{self.desc}: saved {self.session}.pth ({self.max_step} steps, "
                   f"{self.logger.images_per_second(step):.1f} img/s)")
         dist.barrier()

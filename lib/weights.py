@@ -1,6 +1,7 @@
 """Loading ImageNet weights into the ResNet-38 trunk, and checkpoints (never unpickling)."""
 from __future__ import annotations
 
+import io
 import logging
 import os
 from pathlib import Path
@@ -9,10 +10,12 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from lib.checkpoint import check_fits, read_verified
 from lib.errors import UserError
 from lib.mxnet_params import load_mxnet_as_torch
 
-__all__ = ["LoadReport", "load_imagenet_weights", "load_checkpoint", "strip_module_prefix"]
+__all__ = ["LoadReport", "load_imagenet_weights", "load_checkpoint", "load_weights_into",
+           "strip_module_prefix"]
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +47,27 @@ def _check_state_dict(obj, path) -> dict[str, torch.Tensor]:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """``torch.load(path, weights_only=True, map_location='cpu')`` -> state_dict with any
     ``module.`` prefix removed (a ``{'state_dict': ...}`` / ``{'model': ...}`` wrapper is
-    unwrapped). FileNotFoundError when absent, ValueError when unreadable or not a state_dict."""
+    unwrapped). FileNotFoundError when absent, ValueError when unreadable or not a state_dict,
+    :class:`lib.checkpoint.CheckpointError` (a ValueError) when its ``.sha256`` sidecar exists
+    and does not match."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
+    data = read_verified(path)
     try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
+        obj = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError variously
         raise UserError(f"{path}: cannot read checkpoint with weights_only=True ({e})") from e
     return strip_module_prefix(_check_state_dict(obj, path))
+
+
+def load_weights_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a trained checkpoint into ``model`` (strict); one error names the file and every key
+    or shape that does not fit (another class count or width), instead of PyTorch's dump."""
+    state = load_checkpoint(path)
+    check_fits(state, model.state_dict(), path)
+    model.load_state_dict(state, strict=False)  # check_fits allowed only num_batches_tracked
+    return model
 
 
 def _trunk_of(module: nn.Module) -> nn.Module:

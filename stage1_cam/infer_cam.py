@@ -29,7 +29,7 @@ from lib.errors import check_args, check_writable_dir, run_main
 from lib.io import load_cls_labels, save_cam, save_crf
 from lib.models import build_model
 from lib.pool import BoundedPool
-from lib.weights import load_checkpoint
+from lib.weights import load_weights_into
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -145,7 +145,7 @@ def main(argv=None) -> None:
         dataset = MultiScaleInferenceDataset(layout, cls_labels, scales=tuple(args.scales),
                                              flip=not args.no_flip, ids=todo)
         model = build_model("cam", num_classes=layout.num_classes, width=args.backbone_width)
-        model.load_state_dict(load_checkpoint(args.weights), strict=True)
+        load_weights_into(model, args.weights)
         model.to(device).eval()
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=args.num_workers)
         workers = args.crf_workers if crf_dirs else 0

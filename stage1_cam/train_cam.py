@@ -130,7 +130,8 @@ def main(argv=None) -> None:
     cls_labels = load_cls_labels(args.cls_labels or layout.cls_labels_path())
     dataset = ClassificationDataset(layout, cls_labels, crop=args.crop_size,
                                     resize_long=tuple(args.resize_long),
-                                    color_jitter=not args.no_color_jitter, ids=train_ids)
+                                    color_jitter=not args.no_color_jitter, ids=train_ids,
+                                    seed=args.seed)
     loader, sampler = make_loader(dataset, args.batch_size, rank, world, args.seed, args.num_workers)
 
     model = build_model("cam", num_classes=layout.num_classes, width=args.backbone_width,
@@ -143,9 +144,10 @@ def main(argv=None) -> None:
     optimizer = build_optimizer(args.optimizer, model.param_groups(), lr=args.lr,
                                 weight_decay=args.wt_dec, max_step=max_step,
                                 momentum=args.momentum, lr_mults=args.lr_mults)
-    run = TrainingRun(args, "train_cam", args.batch_size, max_step)
-    model, start = run.start(model, optimizer, device, world, {"num_images": len(dataset)})
     sample_gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + rank)
+    run = TrainingRun(args, "train_cam", args.batch_size, max_step)
+    model, start = run.start(model, optimizer, device, world, {"num_images": len(dataset)},
+                             generators={"importance_sampling": sample_gen})
     model.train()
     step = start
     for step, batch in iterate_steps(loader, sampler, max_step, start):
@@ -154,6 +156,7 @@ def main(argv=None) -> None:
         with autocast(args.amp, device):
             loss, parts = stage1_loss(model, img, label, args, generator=sample_gen,
                                       loss_weight=loss_weight_at(step, args))
+        run.check_loss(step, loss, parts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

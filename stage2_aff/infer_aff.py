@@ -39,7 +39,7 @@ from lib.errors import UserError, check_args, check_writable_dir, run_main
 from lib.io import check_finite_output, load_cam, save_label_png
 from lib.models import build_model
 from lib.random_walk import METHODS, cams_with_background, random_walk
-from lib.weights import load_checkpoint
+from lib.weights import load_weights_into
 
 RADIUS = 5
 
@@ -143,7 +143,7 @@ def main(argv=None) -> None:
         check_files_exist([layout.image_path(i) for i in todo], "image")
         check_files_exist([cam_dir / f"{i}.npz" for i in todo], "CAM file")
         model = build_model("aff", width=args.backbone_width)
-        model.load_state_dict(load_checkpoint(args.weights), strict=True)
+        load_weights_into(model, args.weights)
         model.to(device).eval()
         loader = DataLoader(_Images(layout, todo, cam_dir), batch_size=1, collate_fn=_first,
                             num_workers=args.workers)

@@ -85,7 +85,7 @@ def main(argv=None) -> None:
     layout, ids = resolve_list(args.dataset, args.voc12_root, args.train_list)
     dataset = AffinityDataset(layout, ids, args.la_crf_dir, args.ha_crf_dir, crop=args.crop_size,
                               resize_long=tuple(args.resize_long) if args.resize_long else None,
-                              radius=RADIUS, color_jitter=not args.no_color_jitter)
+                              radius=RADIUS, color_jitter=not args.no_color_jitter, seed=args.seed)
     dataset.check_files()
     loader, sampler = make_loader(dataset, args.batch_size, rank, world, args.seed, args.num_workers)
 
@@ -112,6 +112,7 @@ def main(argv=None) -> None:
             raise RuntimeError(f"train_aff: network gives affinities {tuple(aff.shape)} but the "
                                f"{tuple(label.shape[-2:])} label map has {tuple(bg.shape)} pairs")
         loss, logged = pair_loss(aff, bg, fg, neg)
+        run.check_loss(step, loss, logged)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

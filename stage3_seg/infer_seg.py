@@ -194,15 +194,15 @@ def resolve_config(args: argparse.Namespace) -> dict:
 
 def load_model(cfg: dict, weights: str, device: torch.device) -> nn.Module:
     from lib.models import build_model
-    from lib.weights import load_checkpoint
+    from lib.checkpoint import CheckpointError
+    from lib.weights import load_weights_into
 
     model = build_model("deeplabv1", num_classes=cfg["NUM_CLASSES"] - 1, width=cfg["BACKBONE_WIDTH"])
-    state = load_checkpoint(weights)
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise UserError(f"{weights}: does not fit DeepLab-v1 with NUM_CLASSES={cfg['NUM_CLASSES']}, "
-                         f"BACKBONE_WIDTH={cfg['BACKBONE_WIDTH']} ({str(e)[:500]})") from None
+        load_weights_into(model, weights)  # names the keys and shapes that do not fit
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (DeepLab-v1 built with NUM_CLASSES={cfg['NUM_CLASSES']}, "
+                              f"BACKBONE_WIDTH={cfg['BACKBONE_WIDTH']})") from None
     return model.to(device).eval()
 
 

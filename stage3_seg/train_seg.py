@@ -164,12 +164,11 @@ def build_dataset(cfg: dict, args: argparse.Namespace, rank: int):
                          f"pass --set NUM_CLASSES={layout.num_classes + 1}")
     if not Path(args.pseudo_gt).is_dir():
         raise UserError(f"{args.pseudo_gt}: --pseudo_gt is not a directory")
-    # seed=None: augmentation draws come from torch's RNG (seeded by seed_everything, and per
-    # loader worker by the DataLoader), so they differ between epochs; a fixed dataset seed
-    # would repeat the same crops every epoch unless set_epoch reached the worker copies.
+    # seed=--seed: each sample's augmentation draws from (seed, epoch, index), so they differ
+    # between epochs (set_epoch reaches the loader's workers) and a resumed run repeats them.
     ds = SegmentationDataset(layout, label_dir=args.pseudo_gt, crop=cfg["CROP"],
                              scale=cfg["RANDOM_SCALE"], flip=cfg["FLIP"] > 0, hsv=cfg["HSV"],
-                             train=True, seed=None, ids=ids)
+                             train=True, seed=args.seed, ids=ids)
     if 0 < cfg["FLIP"] != 0.5:
         ds.flip = RandomHorizontalFlip(cfg["FLIP"])  # the dataset's default flip is p = 0.5
     return ds  # the dataset checked that every image and pseudo label exists
@@ -235,8 +234,7 @@ def main(argv=None) -> None:
         with autocast(args.amp, device):
             loss, parts, logits = seg_loss(model, img, label, cfg["FSL_WEIGHT"], cfg["FSL_MU"],
                                            cfg["FSL_SIGMA"], args.fsl_mode, args.fsl_align_corners)
-        if not torch.isfinite(loss):
-            raise SystemExit(f"train_seg: non-finite loss {parts} at step {step}")
+        run.check_loss(step, loss, parts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

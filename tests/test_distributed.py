@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 import dist_equivalence
 from lib import dist
@@ -35,9 +34,11 @@ def test_shard_sizes_split_the_global_batch_as_evenly_as_possible():
         dist.shard_sizes(3, 4)
 
 
-def _epochs(loader, n_epochs):
+def _epochs(loader_and_sampler, n_epochs):
+    loader, sampler = loader_and_sampler
     out = []
-    for _ in range(n_epochs):
+    for e in range(n_epochs):
+        sampler.set_epoch(e)
         out.append([b.tolist() for b in loader])
     return out
 
@@ -45,13 +46,13 @@ def _epochs(loader, n_epochs):
 @pytest.mark.parametrize("n_items,batch", [(23, 10), (20, 5), (9, 8)])
 def test_union_of_the_ranks_batches_is_the_single_process_batch(n_items, batch):
     data = torch.arange(n_items)
-    one = _epochs(make_loader(data, batch, 0, 1, seed=7, num_workers=0)[0], 3)
+    one = _epochs(make_loader(data, batch, 0, 1, seed=7, num_workers=0), 3)
     assert all(len(e) == n_items // batch and all(len(b) == batch for b in e) for e in one)
     assert one[0] != one[1]  # a new order every epoch
     for world in (2, 3, 4, 8):
         if world > batch:
             continue
-        per_rank = [_epochs(make_loader(data, batch, r, world, seed=7, num_workers=0)[0], 3)
+        per_rank = [_epochs(make_loader(data, batch, r, world, seed=7, num_workers=0), 3)
                     for r in range(world)]
         for e in range(3):
             for step, want in enumerate(one[e]):
@@ -60,15 +61,32 @@ def test_union_of_the_ranks_batches_is_the_single_process_batch(n_items, batch):
                 assert sum(shares, []) == want
 
 
-def test_single_process_batches_are_those_of_a_shuffling_dataloader():
-    """With one process the sampler keeps the batches (and the generator's stream, so the next
-    epochs too) of DataLoader(shuffle=True, generator=Generator(seed), drop_last=True)."""
+def test_batch_order_is_a_function_of_seed_and_epoch_and_a_resume_skips_without_loading():
+    """Epoch e's order is randperm(n) of a generator seeded with seed + e, whatever epochs came
+    before (a resumed run sees the interrupted run's order); set_epoch(e, skip=k) starts at the
+    k-th batch and never hands the skipped indices to the dataset."""
     data = torch.arange(23)
-    plain = DataLoader(data, batch_size=4, shuffle=True, drop_last=True,
-                       generator=torch.Generator().manual_seed(3))
-    ours, sampler = make_loader(data, 4, 0, 1, seed=3, num_workers=0)
-    assert isinstance(sampler, GlobalBatchSampler) and len(ours) == len(plain) == 5
-    assert _epochs(ours, 3) == _epochs(plain, 3)
+    loader, sampler = make_loader(data, 4, 0, 1, seed=3, num_workers=0)
+    assert isinstance(sampler, GlobalBatchSampler) and len(loader) == 5
+    for e in (2, 0, 1):
+        sampler.set_epoch(e)
+        perm = torch.randperm(23, generator=torch.Generator().manual_seed(3 + e)).tolist()
+        assert [b.tolist() for b in loader] == [perm[i:i + 4] for i in range(0, 20, 4)]
+    seen = []
+
+    class Recording(torch.utils.data.Dataset):
+        def __len__(self):
+            return 23
+
+        def __getitem__(self, i):
+            seen.append(i)
+            return i
+
+    loader, sampler = make_loader(Recording(), 4, 0, 1, seed=3, num_workers=0)
+    sampler.set_epoch(1, skip=3)
+    perm = torch.randperm(23, generator=torch.Generator().manual_seed(4)).tolist()
+    assert [b.tolist() for b in loader] == [perm[12:16], perm[16:20]]
+    assert seen == perm[12:20]
 
 
 def test_one_step_of_each_training_on_2_and_3_processes_equals_1_process(tmp_path):

@@ -24,6 +24,8 @@ from lib.losses.feature_similarity import feature_similarity_loss_dense
 from lib.models import build_model
 from lib.weights import load_checkpoint
 from stage1_cam.infer_cam import multiscale_cam, normalise_cams
+from lib.errors import run_main
+from stage1_cam.train_cam import main as train_cam_main
 from stage1_cam.train_cam import parse_args, stage1_loss
 
 from helpers import make_tiny_voc, run  # noqa: E402  (tests/helpers.py)
@@ -121,21 +123,24 @@ def test_train_variants_complete(synth, extra):
         assert cfg["sampling"] == "hfpl" and cfg["fsl_mode"] == "dense"
 
 
-def test_resume_continues_from_saved_step(synth):
-    """Resume the 2-step state to 3 steps under another --seed: the frozen conv1a must come from
-    the state file (seed 0), not from the seed-1 initialisation, and the schedule goes on at 2."""
+def test_resume_with_other_settings_is_refused_and_writes_nothing(synth, capsys):
+    """The 2-step state resumed as a 3-step run under another --seed is another run: exit 2, one
+    line naming the state file and the differing settings, and nothing written."""
     session = synth.tmp / "resumed" / "cam"
-    r = run(*train_args(synth.voc, session, 3, "--resume", f"{synth.session}.state.pth",
-                        "--seed", "1"))
-    state = torch.load(f"{session}.state.pth", map_location="cpu", weights_only=True)
-    assert state["step"] == 3 and state["optimizer"]["global_step"] == 3
-    assert "2/3" in r.stderr and "3/3" in r.stderr and "1/3" not in r.stderr
-    before = load_checkpoint(f"{synth.session}.pth")
-    after = load_checkpoint(f"{session}.pth")
-    seed1, _ = fresh_state(1)
-    assert torch.equal(after["conv1a.weight"], before["conv1a.weight"])
-    assert not torch.equal(after["conv1a.weight"], seed1["conv1a.weight"])
-    assert not torch.equal(after["fc8.weight"], before["fc8.weight"])  # one more step was taken
+    state = f"{synth.session}.state.pth"
+    before = Path(state).read_bytes()
+    argv = train_args(synth.voc, session, 3, "--resume", state, "--seed", "1")[2:]
+    with pytest.raises(SystemExit) as exit_:
+        run_main(train_cam_main, "train_cam", argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"train_cam: error: {state}: --resume: the state was written by a run "
+                           "with other settings")
+    assert "max_steps: state 2, now 3" in line and "seed: state 0, now 1" in line
+    assert "Traceback" not in err
+    assert not session.parent.exists() or not any(session.parent.iterdir())
+    assert Path(state).read_bytes() == before
 
 
 def _free_port() -> int:

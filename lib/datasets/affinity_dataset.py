@@ -30,7 +30,7 @@ from lib.affinity import affinity_label_map
 from lib.errors import UserError
 from lib.io import load_crf
 
-from .datasets import load_image
+from .datasets import EpochSeeded, load_image
 from .layout import Layout, check_files_exist
 from .transforms import (ColorJitter, Normalize, RandomCrop, RandomHorizontalFlip,
                          RandomResizeLong, to_chw_tensor)
@@ -48,7 +48,7 @@ def pool_maps(maps: np.ndarray, k: int = POOL) -> np.ndarray:
     return maps.reshape(h // k, k, w // k, k, c).mean(axis=(1, 3)).transpose(2, 0, 1)
 
 
-class AffinityDataset(Dataset):
+class AffinityDataset(EpochSeeded, Dataset):
     """AffinityNet training crops and pixel labels (module docstring).
 
     Args:
@@ -59,9 +59,8 @@ class AffinityDataset(Dataset):
         resize_long: (lo, hi) joint RandomResizeLong before the crop, or ``None`` (the original).
         radius: pair radius (kept for the caller's ``extract_pair_labels``).
         color_jitter, flip: the original's augmentations (on by default).
-        seed: as the other datasets of ``lib.datasets.datasets``: ``None`` (training default)
-            seeds each sample's generator from torch's RNG (per worker and epoch in a
-            DataLoader, reproducible under ``lib.dist.seed_everything``); an int gives
+        seed: as the other datasets of ``lib.datasets.datasets``: ``None`` seeds each sample's
+            generator from torch's RNG; an int (the training script's ``--seed``) gives
             ``default_rng([seed, epoch, index])`` (see :meth:`set_epoch`).
     """
 
@@ -76,7 +75,8 @@ class AffinityDataset(Dataset):
         for name, d in (("la_crf_dir", self.la_dir), ("ha_crf_dir", self.ha_dir)):
             if not d.is_dir():
                 raise FileNotFoundError(f"AffinityDataset: {name} {d} is not a directory")
-        self.crop, self.radius, self.seed, self.epoch = int(crop), int(radius), seed, 0
+        self.crop, self.radius = int(crop), int(radius)
+        self._init_seed(seed)
         self.resize = RandomResizeLong(*resize_long) if resize_long else None
         self.jitter = ColorJitter(0.3, 0.3, 0.3, 0.1) if color_jitter else None
         self.random_crop = RandomCrop(self.crop)
@@ -91,15 +91,6 @@ class AffinityDataset(Dataset):
         check_files_exist([self.layout.image_path(i) for i in self.ids], "image")
         for d in (self.la_dir, self.ha_dir):
             check_files_exist([d / f"{i}.npz" for i in self.ids], "CRF file")
-
-    def set_epoch(self, epoch: int) -> None:
-        """Vary the augmentation of a seeded dataset per epoch."""
-        self.epoch = int(epoch)
-
-    def _rng(self, idx: int) -> np.random.Generator:
-        if self.seed is None:
-            return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
-        return np.random.default_rng([self.seed, self.epoch, idx])
 
     def load(self, image_id: str):
         """Raw sample: image (H, W, 3) uint8, la/ha (keys, (K+1, H, W) probs)."""

@@ -8,8 +8,11 @@ Randomness: each ``__getitem__`` draws its own ``np.random.Generator``:
 * ``seed=None`` (training default): seeded from torch's global RNG. A ``DataLoader`` seeds every
   worker differently at every epoch, and ``lib.dist.seed_everything`` makes the whole run
   reproducible, so crops differ across workers/epochs without extra plumbing.
-* ``seed=int``: ``np.random.default_rng([seed, epoch, index])`` -- the same sample for the same
-  (seed, epoch, index) whatever the worker layout; call :meth:`set_epoch` to vary it per epoch.
+* ``seed=int`` (what the training scripts pass: ``--seed``):
+  ``np.random.default_rng([seed, epoch, index])`` -- the same sample for the same
+  (seed, epoch, index) whatever the worker layout, so a resumed run repeats the interrupted
+  one; :meth:`set_epoch` varies it per epoch. The epoch lives in shared memory, so setting it
+  in the main process reaches the copies in persistent DataLoader workers.
 """
 from __future__ import annotations
 
@@ -48,25 +51,38 @@ def _check_labels(ids: list[str], cls_labels: dict, num_classes: int, where: str
                          f"expected ({num_classes},) for the layout's classes")
 
 
-class _Base(Dataset):
-    def __init__(self, layout: Layout, ids: Sequence[str] | None, seed: int | None):
-        self.layout = layout
-        self.ids = list(layout.ids() if ids is None else ids)
-        self.seed = seed
-        self.epoch = 0
-        check_files_exist([layout.image_path(i) for i in self.ids], "image")
+class EpochSeeded:
+    """Per-sample generators of a dataset: ``seed`` and an ``epoch`` shared with its workers."""
 
-    def __len__(self) -> int:
-        return len(self.ids)
+    def _init_seed(self, seed: int | None) -> None:
+        self.seed = seed
+        # Shared memory: DataLoader workers hold copies of the dataset made when they started
+        # (persistent workers keep them across epochs); they all see this one value.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Vary the augmentation of a seeded dataset per epoch."""
-        self.epoch = int(epoch)
+        self._epoch.fill_(int(epoch))
 
     def _rng(self, index: int) -> np.random.Generator:
         if self.seed is None:
             return np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item()))
         return np.random.default_rng([self.seed, self.epoch, index])
+
+
+class _Base(EpochSeeded, Dataset):
+    def __init__(self, layout: Layout, ids: Sequence[str] | None, seed: int | None):
+        self.layout = layout
+        self.ids = list(layout.ids() if ids is None else ids)
+        self._init_seed(seed)
+        check_files_exist([layout.image_path(i) for i in self.ids], "image")
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 class ClassificationDataset(_Base):
