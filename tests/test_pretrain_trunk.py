@@ -123,3 +123,14 @@ def test_every_stage_loads_the_trunk_strictly(runs, name):
         assert own[k].dtype == torch.float32, k     # fp16 storage, fp32 parameters
         assert torch.equal(own[k], v.float()), k
     assert any(not np.allclose(v.float().numpy(), 0) for v in state.values())
+
+
+def test_metrics_and_loss_hand_cases():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0], [1.0, 3.0, 2.0, 0.0], [0.0, 0.0, 5.0, 0.0]])
+    y = torch.tensor([[1.0, 0, 1, 0], [0, 1, 1, 0], [1, 0, 0, 0]])
+    assert pt.set_accuracy(logits, y).tolist() == [0.0, 1.0, 0.0]   # top-2 {0,1} vs {0,2}
+    assert pt.top1_hit(logits, y).tolist() == [1.0, 1.0, 0.0]
+    flat = torch.zeros(1, 4)
+    two = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    assert pt.classification_loss(flat, two, "softmax").item() == pytest.approx(np.log(4))
+    assert pt.classification_loss(flat, two, "sigmoid").item() == pytest.approx(np.log(2))

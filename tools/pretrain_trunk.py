@@ -156,6 +156,21 @@ def trunk_state_dict(model: TrunkClassifier, fp16: bool = False) -> dict[str, to
     return out
 
 
+def classification_loss(logits: torch.Tensor, y: torch.Tensor, kind: str,
+                        reduction: str = "mean") -> torch.Tensor:
+    """(N, K) logits, (N, K) multi-hot targets -> loss.
+
+    ``softmax``: cross-entropy against the normalised targets, -sum_k (y_k / |y|) log softmax_k
+    (the multi-label softmax of Mahajan et al. 2018, weakly supervised pretraining on hashtags);
+    ``sigmoid``: the multilabel soft-margin loss of stage 1, mean over the K classes.
+    """
+    if kind == "softmax":
+        loss = -(y / y.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1)
+    else:
+        loss = F.multilabel_soft_margin_loss(logits, y, reduction="none")
+    return loss.mean() if reduction == "mean" else loss
+
+
 def set_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per image 1.0 when its top-n scores (n = number of its categories) are its categories."""
     n = y.sum(1).long()
@@ -164,6 +179,11 @@ def set_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     rank.scatter_(1, order, torch.arange(logits.shape[1]).expand_as(order))
     pred = (rank < n[:, None]).float()
     return (pred == y).all(1).float()
+
+
+def top1_hit(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per image 1.0 when its highest-scoring category is one of its categories (ImageNet top-1)."""
+    return y.gather(1, logits.argmax(1, keepdim=True))[:, 0]
 
 
 def lr_at(step: int, args) -> float:
@@ -187,17 +207,20 @@ def build_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, batch: int) -> dict:
+def evaluate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, batch: int,
+             loss_kind: str) -> dict:
     """Held-out set accuracy and loss, in eval mode (BatchNorm running statistics, no dropout)."""
     was = model.training
     model.eval()
-    acc, loss = [], []
+    acc, hit, loss = [], [], []
     for i in range(0, len(images), batch):
         out = model(images[i:i + batch])
         acc.append(set_accuracy(out, targets[i:i + batch]))
-        loss.append(F.multilabel_soft_margin_loss(out, targets[i:i + batch], reduction="none"))
+        hit.append(top1_hit(out, targets[i:i + batch]))
+        loss.append(classification_loss(out, targets[i:i + batch], loss_kind, "none"))
     model.train(was)
-    return {"acc": float(torch.cat(acc).mean()), "loss": float(torch.cat(loss).mean())}
+    return {"acc": float(torch.cat(acc).mean()), "top1": float(torch.cat(hit).mean()),
+            "loss": float(torch.cat(loss).mean())}
 
 
 def save_state(path: Path, model, optimizer, step: int) -> None:
@@ -241,6 +264,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max_steps", type=int, default=3000)
     ap.add_argument("--stop_after", type=int, default=None,
                     help="stop after this many steps (state saved; continue with --resume)")
+    ap.add_argument("--loss", choices=("softmax", "sigmoid"), default="softmax",
+                    help="multi-label softmax or per-class sigmoid (see classification_loss)")
     ap.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--weight_decay", type=float, default=1e-4)
@@ -309,7 +334,7 @@ def main(argv=None) -> int:
             g["lr"] = lr
         torch.manual_seed(args.seed * 1_000_003 + step)     # dropout masks of this step
         logits = model(x)
-        loss = F.multilabel_soft_margin_loss(logits, y)
+        loss = classification_loss(logits, y, args.loss)
         if not torch.isfinite(loss):
             raise RunError(f"non-finite loss {loss.item()} at step {step} (lower --lr)")
         optimizer.zero_grad(set_to_none=True)
@@ -317,15 +342,17 @@ def main(argv=None) -> int:
         optimizer.step()
         acc = float(set_accuracy(logits.detach(), y).mean())
         recent = (recent + [acc])[-100:]
-        logger.log(step, {"loss": loss.item(), "acc": acc, "lr": lr})
+        logger.log(step, {"loss": loss.item(), "acc": acc, "lr": lr,
+                          "top1": float(top1_hit(logits.detach(), y).mean())})
         done = step + 1
         if done % args.val_every == 0 or done == args.max_steps:
-            res = evaluate(model, val_x, val_y, args.batch_size)
+            res = evaluate(model, val_x, val_y, args.batch_size, args.loss)
             if logger.writer is not None:
                 logger.writer.add_scalar("val/acc", res["acc"], done)
                 logger.writer.add_scalar("val/loss", res["loss"], done)
-            logger.bar.write(f"step {done}: val acc {res['acc']:.3f} loss {res['loss']:.4f}, "
-                             f"train acc (last {len(recent)}) {np.mean(recent):.3f}, "
+                logger.writer.add_scalar("val/top1", res["top1"], done)
+            logger.bar.write(f"step {done}: val acc {res['acc']:.3f} top1 {res['top1']:.3f} "
+                             f"loss {res['loss']:.4f}, train acc (last {len(recent)}) {np.mean(recent):.3f}, "
                              f"{logger.images_per_second(step):.1f} img/s")
         if done % args.save_every == 0 or done == end:
             save_state(state_path, model, optimizer, done)
@@ -334,7 +361,7 @@ def main(argv=None) -> int:
         print(f"pretrain_trunk: stopped after step {end}; continue with --resume {state_path}")
         return 0
 
-    res = evaluate(model, val_x, val_y, args.batch_size)
+    res = evaluate(model, val_x, val_y, args.batch_size, args.loss)
     write_weights(out, trunk_state_dict(model, args.fp16))
     info = {
         "command": "python -m tools.pretrain_trunk " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -344,10 +371,11 @@ def main(argv=None) -> int:
         "head": {"layout": "trunk -> bn7 -> ReLU -> global average pooling -> linear1000 (not saved; "
                            f"in {state_path.name})", "in_features": model.linear1000.in_features,
                  "out_features": model.linear1000.out_features},
-        "labels": "multi-label, 1-3 objects of distinct categories",
+        "labels": f"multi-label, 1-3 objects of distinct categories ({args.loss} loss)",
+        "args": {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress")},
         "categories": list(CATEGORY_NAMES),
         "train_acc_last_100_steps": float(np.mean(recent)) if recent else None,
-        "val_acc": res["acc"], "val_loss": res["loss"], "val_images": args.val_images,
+        "val_acc": res["acc"], "val_top1": res["top1"], "val_loss": res["loss"], "val_images": args.val_images,
         "seconds_this_session": round(time.time() - t0, 1), "threads": torch.get_num_threads(),
         "streams": {"train": f"default_rng([{TRAIN_TAG:#x}, {args.seed}, i])",
                     "val": f"default_rng([{VAL_TAG:#x}, {args.seed}, i])"},
