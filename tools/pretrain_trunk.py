@@ -227,9 +227,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, batc
 
 
 def save_state(path: Path, model, optimizer, step: int) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "step": int(step)}, tmp)
+    write_weights(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "step": int(step)})
 
 
 def load_state(path: Path, model, optimizer) -> int:
@@ -244,7 +243,7 @@ def load_state(path: Path, model, optimizer) -> int:
         raise UserError(f"{path}: not a pretrain_trunk state file ({e})") from None
 
 
-def write_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+def write_weights(path: Path, state: dict) -> None:
     """torch.save through memory, then an atomic write: the zip archive's inner folder is named
     after the file torch.save is given, so saving to a random temporary name would change bytes."""
     buf = io.BytesIO()
