@@ -200,3 +200,18 @@ def test_objects_are_large_and_textured():
                 stds.append(img[m].astype(np.float32).std(0).mean())
     assert areas and np.median(areas) > 0.03
     assert np.median(stds) > 10.0
+
+
+# md5 of image + label bytes of demo images (seed 0, 96 px), recorded before render_sample was
+# split into compose_scene / object_shape / object_texture for tools.pretrain_trunk: the demo's
+# dataset must not change when the generator's pieces are reused.
+DEMO_MD5 = {0: "81e896b04231a4d16f85a144fee30867", 1: "2b899b6c371b0cd03bd0acf126cfbfd9",
+            7: "69903c74b9d9bc5719409e7dd479f06a"}
+
+
+@pytest.mark.parametrize("index", sorted(DEMO_MD5))
+def test_demo_images_unchanged(index):
+    import hashlib
+
+    image, label, _ = msv.render_sample(0, index, 96)
+    assert hashlib.md5(image.tobytes() + label.tobytes()).hexdigest() == DEMO_MD5[index]

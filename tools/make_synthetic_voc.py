@@ -66,6 +66,11 @@ from lib.errors import UserError, run_main
 from lib.io import atomic_path, save_label_png
 
 CLASS_HUES = {"disc": 0.0, "box": 0.62, "triangle": 0.33, "star": 0.14, "ring": 0.8}
+# Each demo class is one shape with one texture; tools.pretrain_trunk combines them more freely.
+CLASS_TEXTURES = {"disc": "stripes", "box": "checker", "triangle": "dots", "star": "gradient",
+                  "ring": "blotchy"}
+SHAPES = ("disc", "box", "triangle", "star", "ring", "hexagon", "cross", "crescent")
+TEXTURES = ("stripes", "checker", "dots", "gradient", "blotchy", "concentric")
 HUE_JITTER = 0.12
 SIZE_RANGE = (0.18, 0.45)        # object extent / image side
 MIN_VISIBLE = 0.5                # fraction of an object's in-image area that must stay visible
@@ -153,6 +158,9 @@ class Shape:
             return r - p["r"]
         if self.kind == "annulus":
             return np.abs(r - p["rm"]) - p["t"] / 2
+        if self.kind == "crescent":              # disc minus an offset disc (a distance bound)
+            r2 = np.sqrt((x - self.cx - p["ox"]) ** 2 + (y - self.cy - p["oy"]) ** 2)
+            return np.maximum(r - p["R"], p["r"] - r2)
         u, v = self.local(x, y)
         if self.kind == "ellipse":
             a, b = p["a"], p["b"]
@@ -183,8 +191,25 @@ def _shoelace(v: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
-def _class_shape(name: str, rng: np.random.Generator, size: int, centred: bool = False) -> Shape:
-    d = rng.uniform(*SIZE_RANGE) * size                  # extent across the object
+def _lens_area(r1: float, r2: float, d: float) -> float:
+    """Area of the intersection of two discs of radii r1, r2 whose centres are d apart."""
+    if d >= r1 + r2:
+        return 0.0
+    if d <= abs(r1 - r2):
+        return math.pi * min(r1, r2) ** 2
+    a1 = r1 * r1 * math.acos((d * d + r1 * r1 - r2 * r2) / (2 * d * r1))
+    a2 = r2 * r2 * math.acos((d * d + r2 * r2 - r1 * r1) / (2 * d * r2))
+    return a1 + a2 - 0.5 * math.sqrt((-d + r1 + r2) * (d + r1 - r2) * (d - r1 + r2) * (d + r1 + r2))
+
+
+def object_shape(name: str, rng: np.random.Generator, size: int, centred: bool = False,
+                 size_range: tuple[float, float] = SIZE_RANGE) -> Shape:
+    """A random shape of kind ``name`` (one of :data:`SHAPES`) with extent ``size_range`` x size.
+
+    The demo classes use the first five kinds; hexagon, cross and crescent exist for the
+    pretraining corpus (tools.pretrain_trunk).
+    """
+    d = rng.uniform(*size_range) * size                  # extent across the object
     cx, cy = rng.uniform(0.1, 0.9, 2) * size
     if centred:
         cx, cy = size / 2, size / 2
@@ -213,7 +238,23 @@ def _class_shape(name: str, rng: np.random.Generator, size: int, centred: bool =
         radii = np.tile([ro, ro * rng.uniform(0.45, 0.6)], 5)
         verts = _regular_verts(cx, cy, radii, ang, 10)
         return Shape("polygon", cx, cy, ang, ro, _shoelace(verts), verts=verts)
-    raise ValueError(f"unknown class {name}")
+    if name == "hexagon":
+        verts = _regular_verts(cx, cy, np.full(6, d / 2), ang, 6)
+        return Shape("polygon", cx, cy, ang, d / 2, _shoelace(verts), verts=verts)
+    if name == "cross":                                   # plus sign, arm width 0.5-0.8 of d/2
+        ln, w = d / 2, d / 2 * rng.uniform(0.25, 0.4)
+        local = np.array([[w, w], [ln, w], [ln, -w], [w, -w], [w, -ln], [-w, -ln], [-w, -w],
+                          [-ln, -w], [-ln, w], [-w, w], [-w, ln], [w, ln]], np.float32)
+        c, s = math.cos(ang), math.sin(ang)
+        verts = np.stack([cx + c * local[:, 0] - s * local[:, 1],
+                          cy + s * local[:, 0] + c * local[:, 1]], 1).astype(np.float32)
+        return Shape("polygon", cx, cy, ang, math.hypot(ln, w), _shoelace(verts), verts=verts)
+    if name == "crescent":
+        big = d / 2
+        small, off = big * rng.uniform(0.7, 0.85), big * rng.uniform(0.35, 0.5)
+        p = {"R": big, "r": small, "ox": off * math.cos(ang), "oy": off * math.sin(ang)}
+        return Shape("crescent", cx, cy, ang, big, math.pi * big * big - _lens_area(big, small, off), p)
+    raise ValueError(f"unknown shape {name}")
 
 
 def _distractor_shape(rng: np.random.Generator, size: int) -> Shape:
@@ -230,35 +271,45 @@ def _distractor_shape(rng: np.random.Generator, size: int) -> Shape:
 
 # ---------------------------------------------------------------------------------------- textures
 def _class_texture(name, shape: Shape, x, y, rng, f: float) -> np.ndarray:
-    """(h, w, 3) colours of class ``name`` over window coordinates (x, y); f = size / 128."""
-    hue = CLASS_HUES[name] + rng.uniform(-HUE_JITTER, HUE_JITTER)
+    """(h, w, 3) colours of demo class ``name`` over window coordinates (x, y); f = size / 128."""
+    return object_texture(CLASS_TEXTURES[name], CLASS_HUES[name], shape, x, y, rng, f)
+
+
+def object_texture(name: str, hue: float, shape: Shape, x, y, rng, f: float) -> np.ndarray:
+    """(h, w, 3) texture ``name`` (one of :data:`TEXTURES`) around the preferred ``hue`` (+-
+    HUE_JITTER) over window coordinates (x, y); f = size / 128."""
+    hue = hue + rng.uniform(-HUE_JITTER, HUE_JITTER)
     c1 = _hsv(hue, rng.uniform(0.45, 0.95), rng.uniform(0.55, 0.95))
     u, v = shape.local(x, y)
-    if name == "disc":
+    if name == "stripes":
         period, a = rng.uniform(7, 10) * f, rng.uniform(0, math.pi)
         s = np.sin(2 * math.pi * (u * math.cos(a) + v * math.sin(a)) / period)
         return _mix(c1, c1 * rng.uniform(0.15, 0.35), _smoothstep(-0.35, 0.35, s))
-    if name == "box":
+    if name == "checker":
         cell = rng.uniform(5, 8) * f
         m = ((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(np.float32)
         return _mix(c1, c1 * 0.3 + 0.7 * rng.uniform(0.85, 1.0), m)
-    if name == "triangle":
+    if name == "dots":
         sp = rng.uniform(7, 9) * f
         du, dv = (u % sp) - sp / 2, (v % sp) - sp / 2
         m = np.clip(0.3 * sp - np.sqrt(du * du + dv * dv) + 0.5, 0.0, 1.0)
         return _mix(c1, c1 * rng.uniform(0.1, 0.3), m)
-    if name == "star":
+    if name == "gradient":
         c2 = _hsv(hue + rng.choice([-1, 1]) * rng.uniform(0.08, 0.18), rng.uniform(0.3, 0.9), rng.uniform(0.85, 1.0))
         a = rng.uniform(0, 2 * math.pi)
         t = np.clip(0.5 + (u * math.cos(a) + v * math.sin(a)) / (2 * shape.extent), 0.0, 1.0)
         return _mix(c1, c2, t)
-    if name == "ring":
+    if name == "blotchy":
         block = rng.uniform(3, 4.5) * f
         h, w = x.shape
         coarse = rng.random((max(2, int(h / block) + 2), max(2, int(w / block) + 2))).astype(np.float32)
         n = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
         return _mix(c1, c1 * rng.uniform(0.15, 0.35), _smoothstep(0.4, 0.6, n))
-    raise ValueError(name)
+    if name == "concentric":                  # rings around the shape's centre
+        period = rng.uniform(6, 9) * f
+        s = np.sin(2 * math.pi * np.sqrt(u * u + v * v) / period + rng.uniform(0, 2 * math.pi))
+        return _mix(c1, c1 * rng.uniform(0.15, 0.35), _smoothstep(-0.35, 0.35, s))
+    raise ValueError(f"unknown texture {name}")
 
 
 def _distractor_texture(shape: Shape, x, y, rng) -> np.ndarray:
@@ -274,7 +325,8 @@ def _distractor_texture(shape: Shape, x, y, rng) -> np.ndarray:
     return _mix(c1, 0.7 * c1 + 0.3 * c2, np.clip(n, 0, 1))
 
 
-def _background(rng: np.random.Generator, size: int, f: float) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, f: float,
+                lines: tuple[int, int] = (3, 9)) -> np.ndarray:
     yy, xx = _grid(size)
     ca = _hsv(rng.random(), rng.uniform(0.05, 0.35), rng.uniform(0.25, 0.85))
     cb = _hsv(rng.random(), rng.uniform(0.05, 0.35), rng.uniform(0.25, 0.85))
@@ -285,7 +337,7 @@ def _background(rng: np.random.Generator, size: int, f: float) -> np.ndarray:
     shade = cv2.resize(rng.uniform(-0.12, 0.12, (g, g)).astype(np.float32), (size, size),
                        interpolation=cv2.INTER_CUBIC)
     img += shade[..., None]
-    for _ in range(int(rng.integers(3, 9))):    # clutter lines (antialiased segments)
+    for _ in range(int(rng.integers(*lines))):  # clutter lines (antialiased segments)
         (ax, ay), (bx, by) = rng.uniform(-0.2, 1.2, (2, 2)) * size
         width = rng.uniform(0.8, 2.0) * f
         ex, ey = bx - ax, by - ay
@@ -340,19 +392,25 @@ def void_band(label: np.ndarray, width: int) -> np.ndarray:
     return edge
 
 
-def render_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Draw image ``index`` of the set with ``seed``.
+def compose_scene(rng: np.random.Generator, size: int, img: np.ndarray, n_under: int,
+                  draw_classes: list, n_over: int, make_shape, make_texture, make_distractor
+                  ) -> tuple[np.ndarray, np.ndarray, list[_Layer]]:
+    """Place and paint the layers of one image over the float background ``img`` (S, S, 3).
 
-    Returns (image (S, S, 3) uint8, label (S, S) uint8 with 0 bg / k+1 class k / 255 void,
-    objects: list of dicts name, bbox (xmin, ymin, xmax, ymax; 1-based inclusive, visible pixels),
-    truncated, difficult, parts [(name, bbox)]).
+    Bottom-up: ``n_under`` distractors (``make_distractor()`` -> Shape), one object per entry
+    of ``draw_classes`` (``draw()`` -> class index, then ``make_shape(cls, centred)``), then
+    ``n_over`` distractors on top. Placement is re-drawn (up to 30 times) so every object keeps
+    ``MIN_VISIBLE`` of its area visible and ``MIN_INSIDE`` of it inside the image; an object
+    that cannot be placed is dropped, except the first, which is then centred. Objects are
+    painted with ``make_texture(cls, shape, x, y)``, distractors with a flat or mottled colour;
+    antialiased coverage, a slight blur and noise follow. Returns (image (S, S, 3) uint8,
+    owner (S, S) int16: index of the top layer at each pixel or -1, layers (cls -1 for a
+    distractor)). All randomness comes from ``rng``, in a fixed order.
     """
-    rng = np.random.default_rng([seed, index])
     f = size / 128.0
     edge = max(1.0, 1.2 * f)                        # soft-edge width (px) of the coverage ramp
     pad = int(math.ceil(edge)) + 2
     yy, xx = _grid(size)
-    img = _background(rng, size, f)
     owner = np.full((size, size), -1, np.int16)     # index of the top layer covering each pixel
     layers: list[_Layer] = []
     in_area: list[int] = []                         # per layer, in-image mask area at placement
@@ -382,33 +440,49 @@ def render_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndar
             return True
         return False
 
-    n_under = int(rng.integers(0, 3))
-    n_obj = int(rng.integers(1, 4))
-    n_over = int(rng.random() < 0.25)
     for _ in range(n_under):
-        try_place(lambda: _distractor_shape(rng, size), False, False)
-    for k in range(n_obj):
-        cls = int(rng.integers(0, len(SYNTHETIC_CLASSES)))
-        placed = try_place(lambda: _class_shape(SYNTHETIC_CLASSES[cls], rng, size), True, True)
+        try_place(make_distractor, False, False)
+    for k, draw in enumerate(draw_classes):
+        cls = draw()
+        placed = try_place(lambda: make_shape(cls, False), True, True)
         if not placed and k == 0:                   # guarantee one object: centred, fully inside
-            placed = try_place(lambda: _class_shape(SYNTHETIC_CLASSES[cls], rng, size, centred=True),
-                               True, True, tries=1000)
+            placed = try_place(lambda: make_shape(cls, True), True, True, tries=1000)
         if placed:
             layers[-1].cls = cls
     for _ in range(n_over):
-        try_place(lambda: _distractor_shape(rng, size), False, True)
+        try_place(make_distractor, False, True)
 
     # Composite bottom-up with antialiased coverage alpha = clip(0.5 - sd / edge, 0, 1).
     for layer in layers:
         ys, xs = layer.win
         x, y = xx[layer.win], yy[layer.win]
-        tex = (_class_texture(SYNTHETIC_CLASSES[layer.cls], layer.shape, x, y, rng, f)
+        tex = (make_texture(layer.cls, layer.shape, x, y)
                if layer.cls >= 0 else _distractor_texture(layer.shape, x, y, rng))
         alpha = np.clip(0.5 - layer.sd / edge, 0.0, 1.0)
         img[ys, xs] = _mix(img[ys, xs], tex, alpha)
     img = cv2.GaussianBlur(img, (0, 0), sigmaX=0.5 * f)
     img += 0.01 * rng.standard_normal(img.shape, dtype=np.float32)
     image = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    return image, owner, layers
+
+
+def render_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Draw image ``index`` of the set with ``seed``.
+
+    Returns (image (S, S, 3) uint8, label (S, S) uint8 with 0 bg / k+1 class k / 255 void,
+    objects: list of dicts name, bbox (xmin, ymin, xmax, ymax; 1-based inclusive, visible pixels),
+    truncated, difficult, parts [(name, bbox)]).
+    """
+    rng = np.random.default_rng([seed, index])
+    img = _background(rng, size, size / 128.0)
+    n_under = int(rng.integers(0, 3))
+    n_obj = int(rng.integers(1, 4))
+    n_over = int(rng.random() < 0.25)
+    image, owner, layers = compose_scene(
+        rng, size, img, n_under, [lambda: int(rng.integers(0, len(SYNTHETIC_CLASSES)))] * n_obj, n_over,
+        lambda cls, centred: object_shape(SYNTHETIC_CLASSES[cls], rng, size, centred),
+        lambda cls, shape, x, y: _class_texture(SYNTHETIC_CLASSES[cls], shape, x, y, rng, size / 128.0),
+        lambda: _distractor_shape(rng, size))
 
     lut = np.zeros(len(layers) + 1, np.uint8)       # owner -1 -> lut[-1] = 0 (background)
     for j, layer in enumerate(layers):
