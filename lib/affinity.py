@@ -1,4 +1,4 @@
-"""AffinityNet pixel pairs, pair affinities and pair labels (SPEC section 5, after PSA).
+"""AffinityNet pixel pairs, pair affinities and pair labels (docs/METHOD.md section 5, after PSA).
 
 Pairs live on the stride-8 feature map of size (h, w), pixels flattened row-major
 (index = y * w + x). For radius r the *search offsets* (dy, dx) are, in this order,
@@ -43,7 +43,8 @@ def search_offsets(radius: int) -> list[tuple[int, int]]:
 def effective_radius(h: int, w: int, radius: int = 5) -> int:
     """Radius actually used on an (h, w) map.
 
-    SPEC: a map smaller than 2r+1 (i.e. min(h, w) < 2r+1) uses r' = (min(h, w) - 1) // 2.
+    docs/METHOD.md section 5.2: a map smaller than 2r+1 (i.e. min(h, w) < 2r+1) uses
+    r' = (min(h, w) - 1) // 2.
     Then min(h, w) >= 2r'+1, which is more than what the pair layout needs (h >= r',
     w >= 2r'-1), so no index can leave the map for any size. r' <= 1 means no pair at all
     (no offset exists), e.g. every 1xN or 2xN map.
@@ -114,7 +115,7 @@ def _as_tensor(x) -> torch.Tensor:
 
 
 def affinity_label_map(la, la_keys, ha, ha_keys, eps: float = 1e-5) -> torch.Tensor:
-    """Pixel labels for AffinityNet training from the pooled la/ha CRF maps (SPEC section 5).
+    """Pixel labels for AffinityNet training from the pooled la/ha CRF maps (docs/METHOD.md section 5.3).
 
     Args:
         la: (K1, h, w) la (alpha 2) CRF probabilities after the joint crop/flip (padding = 0)

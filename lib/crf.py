@@ -1,4 +1,4 @@
-"""Fully connected CRF post-processing (SPEC section 4, and the stage-3 test CRF of section 6).
+"""Fully connected CRF post-processing (docs/METHOD.md section 4.2, and the stage-3 test CRF of section 6.5).
 
 Backed by pydensecrf (module ``pydensecrf.densecrf``; pip package ``pydensecrf2``, since the
 original 1.0rc3 does not build with Cython 3). The model is the one of the original code:
@@ -93,7 +93,7 @@ def dense_crf_many(image_uint8: np.ndarray, probs_list, n_iter: int = 10,
 def cam_bg_fg_scores(cams: np.ndarray, alpha: float) -> np.ndarray:
     """Stack the background score on top of the CAMs: (K, H, W) -> (K+1, H, W) float32.
 
-    bg = (1 - max_k M_k)^alpha (SPEC section 4); channel 0 is bg, channel i+1 is ``cams[i]``.
+    bg = (1 - max_k M_k)^alpha (docs/METHOD.md section 4.2); channel 0 is bg, channel i+1 is ``cams[i]``.
     """
     cams = np.asarray(cams, dtype=np.float32)
     bg = np.power(1.0 - cams.max(0), alpha, dtype=np.float32)
@@ -115,7 +115,7 @@ def _cam_inputs(image_uint8, keys, cams):
 
 def crf_from_cam(image_uint8: np.ndarray, keys, cams: np.ndarray, alpha: float,
                  **crf_kwargs) -> tuple[np.ndarray, np.ndarray]:
-    """CRF probability maps of one image from its CAMs (SPEC section 4).
+    """CRF probability maps of one image from its CAMs (docs/METHOD.md section 4.2).
 
     Args:
         image_uint8: (H, W, 3) uint8 image.

@@ -165,7 +165,7 @@ def load_crf(path) -> tuple[np.ndarray, np.ndarray]:
 def cam_to_label(keys, cams, bg_threshold: float | None = None, shape=None) -> np.ndarray:
     """Label map (H, W) uint8 from a CAM artifact.
 
-    Background score = ``bg_threshold`` if given, else ``1 - sum_k cams_k`` (SPEC section 7);
+    Background score = ``bg_threshold`` if given, else ``1 - sum_k cams_k`` (docs/METHOD.md section 7);
     label = argmax over [bg, cams], mapped to class ids (0 background, k+1 class k).
     An artifact with no class gives all background (``shape`` needed only when K = 0 and the
     stored array has no spatial size).

@@ -1,5 +1,5 @@
 """Reader for MXNet ``.params`` files (NDArray list format) without MXNet, and the key renaming
-of the ResNet-38 ImageNet weights to this project's parameter names (SPEC section 2).
+of the ResNet-38 ImageNet weights to this project's parameter names (docs/METHOD.md section 2).
 
 File layout (all little-endian)::
 

@@ -1,4 +1,4 @@
-"""Poly learning-rate SGD with the original's four parameter groups (SPEC sections 3, 5, 6).
+"""Poly learning-rate SGD with the original's four parameter groups (docs/METHOD.md sections 3, 5, 6).
 
 Groups (from a model's ``param_groups()``):
 

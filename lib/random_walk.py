@@ -1,4 +1,4 @@
-"""Random walk of CAMs over AffinityNet affinities (SPEC section 5, last bullet; PSA's infer_aff).
+"""Random walk of CAMs over AffinityNet affinities (docs/METHOD.md section 5.5; PSA's infer_aff).
 
 On the stride-8 map (h, w), n = h*w pixels:
 
@@ -204,7 +204,7 @@ def cams_with_background(cams: torch.Tensor, alpha: float = 6) -> torch.Tensor:
 def random_walk_labels(image_shape, cams_fullres, keys, features: torch.Tensor, alpha: float = 6,
                        beta: float = 8, logt: int = 6, radius: int = 5,
                        method: str = "auto") -> np.ndarray:
-    """Random-walk label map of one image (SPEC section 5), the chain after the network.
+    """Random-walk label map of one image (docs/METHOD.md section 5.5), the chain after the network.
 
     The caller pads the image to (8h, 8w), h = ceil(H/8), w = ceil(W/8), and runs AffinityNet
     on it. Here: scores = [(1 - max_k M_k)^alpha, M_1..M_K] at full resolution, zero-padded to

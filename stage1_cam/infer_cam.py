@@ -1,4 +1,4 @@
-"""Stage 1 — multi-scale + flip CAM inference and dense-CRF probability maps (SPEC section 4).
+"""Stage 1 — multi-scale + flip CAM inference and dense-CRF probability maps (docs/METHOD.md section 4).
 
 For each image: 4 scales x {original, flip} passes of ``0.5 * cam + 0.5 * cam_rv``, each
 label-conditioned (multiply by [1, y], renormalise over channels), foreground channels upsampled

@@ -1,6 +1,6 @@
 """Stage 1 — train the ICAM classification network (SEAM + importance sampling + FSL).
 
-Per step (SPEC section 3): view 1 = the random crop x1, view 2 = bilinear 0.3x downscale of x1.
+Per step (docs/METHOD.md section 3): view 1 = the random crop x1, view 2 = bilinear 0.3x downscale of x1.
 
     L = (1-w)(GAP1 + GAP2) + w(IS1 + IS2) + (RV1 + RV2)      classification, w = --loss_weight
       + ER + ECR                                              SEAM equivariance terms

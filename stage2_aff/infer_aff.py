@@ -1,4 +1,4 @@
-r"""Stage 2 — random-walk pseudo-labels from the stage-1 CAMs and AffinityNet (SPEC section 5).
+r"""Stage 2 — random-walk pseudo-labels from the stage-1 CAMs and AffinityNet (docs/METHOD.md section 5.5).
 
 Per image (H, W), with Hp = 8*ceil(H/8), Wp = 8*ceil(W/8):
 

@@ -1,4 +1,4 @@
-r"""Stage 2 — train AffinityNet on the la/ha CRF maps of stage 1 (SPEC section 5, after PSA).
+r"""Stage 2 — train AffinityNet on the la/ha CRF maps of stage 1 (docs/METHOD.md section 5, after PSA).
 
 Per step: a batch of crops (N,3,S,S) with pixel labels (N,S/8,S/8) from
 :class:`lib.datasets.affinity_dataset.AffinityDataset` (0 bg, k+1 class k, 255 void);

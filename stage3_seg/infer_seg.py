@@ -1,4 +1,4 @@
-"""Stage 3 — multi-scale + flip inference of the DeepLab-v1 net, optional dense CRF (SPEC section 6).
+"""Stage 3 — multi-scale + flip inference of DeepLab-v1, optional dense CRF (docs/METHOD.md section 6.5).
 
 For an image I (H, W), scales S (TEST_SCALES) and flips F = {id, mirror} (TEST_FLIP):
 

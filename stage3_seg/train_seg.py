@@ -1,4 +1,4 @@
-"""Stage 3 — train DeepLab-v1 (ResNet-38) on pseudo labels (SPEC section 6).
+"""Stage 3 — train DeepLab-v1 (ResNet-38) on pseudo labels (docs/METHOD.md section 6).
 
 Per iteration, for a batch of crops x (N, 3, S, S) with pseudo labels y (N, S, S) (255 = void):
 

@@ -14,7 +14,8 @@ from lib.losses.feature_similarity import (
 
 
 def loop_reference(image01, pred, mu=2.5, sigma=5.0, radius=None):
-    """Straight transcription of the SPEC sum over ordered pixel pairs (optionally |di|,|dj| <= radius)."""
+    """Straight transcription of the docs/METHOD.md section 3.4 sum over ordered pixel pairs
+    (optionally |di|,|dj| <= radius)."""
     n, k, h, w = pred.shape
     x = image01.double().tolist()
     y = pred.double().tolist()

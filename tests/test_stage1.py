@@ -305,8 +305,8 @@ def bilinear_reference(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def multiscale_reference(model: FakeCAMNet, images, label: np.ndarray, size, flip: bool):
-    """SPEC 4 pass by pass: 0.5 cam + 0.5 cam_rv, times [1, y], renormalised, foreground,
-    upsampled, the mirrored pass mirrored back; mean over every pass."""
+    """docs/METHOD.md section 4.1, pass by pass: 0.5 cam + 0.5 cam_rv, times [1, y], renormalised,
+    foreground, upsampled, the mirrored pass mirrored back; mean over every pass."""
     cond = np.concatenate([[1.0], label])
     acc, n = 0.0, 0
     for x in images:
@@ -459,7 +459,7 @@ def test_stage1_loss_gradient_flow():
 
 def test_stage1_loss_fsl_term():
     """Total = cls + ER + ECR + 0.5 L_fs, where L_fs is the dense loss on the crop resized to
-    the CAM size (align_corners=True, as the original) and de-normalised (SPEC 3); --no-fsl
+    the CAM size (align_corners=True, as the original) and de-normalised (docs/METHOD.md section 3); --no-fsl
     drops exactly that term."""
     args, model, img, label = _loss_setup()
     model.eval()  # dropout off, so both evaluations see the same maps

@@ -1,4 +1,4 @@
-"""Evaluate segmentation predictions against VOC-style GT: mIoU and contour F-score (SPEC section 7).
+"""Evaluate segmentation predictions against VOC-style GT: mIoU and contour F-score (docs/METHOD.md section 7).
 
     python -m tools.evaluate --pred_dir D --gt_dir G --list L --num_classes N \
         [--type png|cam|crf] [--bg_threshold T] [--bg_sweep] [--workers K] \

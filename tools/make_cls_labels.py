@@ -1,4 +1,4 @@
-"""Image-level labels from VOC XML annotations (SPEC section 1).
+"""Image-level labels from VOC XML annotations (docs/METHOD.md section 1).
 
 Usage::
 

@@ -2,7 +2,7 @@
 
 train_aug = { stem of every ``SegmentationClassAug/*.png`` } \\ { ids of ``val.txt`` }, sorted.
 With the full VOC 2012 trainval + SBD ``SegmentationClassAug`` (12,031 PNGs, val 1,449) this gives
-the 10,582 ids of SPEC section 1; the list is derived rather than shipped so that a partial or
+the 10,582 ids of docs/METHOD.md section 1; the list is derived rather than shipped so that a partial or
 mirrored download can never silently disagree with its own labels.
 
 Usage::

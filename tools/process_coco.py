@@ -1,4 +1,4 @@
-"""COCO instances JSON -> semantic label PNGs, image list and image-level labels (SPEC section 1).
+"""COCO instances JSON -> semantic label PNGs, image list and image-level labels (docs/METHOD.md section 1).
 
 For each split (``train2014``, ``val2014``, ``train2017``, ``val2017``, ...) reads
 ``<coco_root>/annotations/instances_<split>.json`` and writes

@@ -1,4 +1,4 @@
-"""Stage 3 (DeepLab-v1, ResNet-38) on PASCAL VOC 2012 + SBD: the original values (SPEC section 6).
+"""Stage 3 (DeepLab-v1, ResNet-38) on PASCAL VOC 2012 + SBD: the original values (docs/METHOD.md section 6).
 
 Load with ``lib.config.load_config``; override from the command line with ``--set KEY=VALUE``
 or the shorthand flags of ``stage3_seg.train_seg`` / ``stage3_seg.infer_seg``.

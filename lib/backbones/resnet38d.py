@@ -1,4 +1,4 @@
-"""Wide ResNet-38 ("resnet38d", Wu et al.), the trunk of every ICAM network (SPEC section 2).
+"""Wide ResNet-38 ("resnet38d", Wu et al.), the trunk of every ICAM network (docs/METHOD.md section 2).
 
 Layout (nominal channel counts at ``width=1.0``; spatial stride after each stage in brackets)::
 

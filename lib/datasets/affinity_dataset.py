@@ -1,4 +1,4 @@
-"""AffinityNet training data: image crops with pixel labels from the la/ha CRF maps (SPEC section 5).
+"""AffinityNet training data: image crops with pixel labels from the la/ha CRF maps (docs/METHOD.md section 5).
 
 Per sample, following PSA's ``VOC12AffDataset`` / ``train_aff.py`` transform lists:
 

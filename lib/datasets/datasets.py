@@ -1,4 +1,4 @@
-"""torch Datasets of the three stages (SPEC sections 1, 4, 6).
+"""torch Datasets of the three stages (docs/METHOD.md sections 1, 4, 6).
 
 Every dataset takes a :class:`lib.datasets.layout.Layout` (paths, ids, class names) and, where
 image-level labels are needed, the dict of :func:`lib.io.load_cls_labels` (id -> (C,) float32).
@@ -86,7 +86,7 @@ class _Base(EpochSeeded, Dataset):
 
 
 class ClassificationDataset(_Base):
-    """Stage-1 training samples (SPEC section 1).
+    """Stage-1 training samples (docs/METHOD.md section 1).
 
     Pipeline: RandomResizeLong(*resize_long) -> horizontal flip (p 0.5) -> ColorJitter(0.3, 0.3,
     0.3, 0.1) -> Normalize -> RandomCrop(crop) (zero container when smaller).
@@ -121,7 +121,7 @@ class ClassificationDataset(_Base):
 
 
 class MultiScaleInferenceDataset(_Base):
-    """Stage-1 CAM inference inputs (SPEC section 4): every scale, with its horizontal flip.
+    """Stage-1 CAM inference inputs (docs/METHOD.md section 4.1): every scale, with its horizontal flip.
 
     Item: {"id", "image_uint8": (H, W, 3) uint8, "images": [per scale s a float32 tensor
     (2, 3, round(H s), round(W s)) = (normalised image, its mirror), or (1, 3, ...) when
@@ -163,7 +163,7 @@ def collate_single(batch: list[dict]) -> dict:
 
 
 class SegmentationDataset(_Base):
-    """Stage-3 samples (SPEC section 6) with ground-truth or pseudo labels.
+    """Stage-3 samples (docs/METHOD.md section 6.2) with ground-truth or pseudo labels.
 
     Labels: ``label_dir=None`` -> ground truth (``layout.gt_path``), else ``<label_dir>/<id>.png``.
     Training pipeline (``train=True``): HSVJitter(*hsv) -> horizontal flip -> RandomScale(*scale) ->

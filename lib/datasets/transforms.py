@@ -1,4 +1,4 @@
-"""Joint image / label transforms on numpy arrays (SPEC sections 1 and 6).
+"""Joint image / label transforms on numpy arrays (docs/METHOD.md sections 1 and 6).
 
 Conventions
 -----------
@@ -278,7 +278,7 @@ def crop_params(h: int, w: int, crop_h: int, crop_w: int, rng: np.random.Generat
 
 
 class RandomCrop:
-    """Random ``size`` x ``size`` crop (SPEC section 1): a random window of a larger image, or the
+    """Random ``size`` x ``size`` crop (docs/METHOD.md section 1): a random window of a larger image, or the
     image placed at a random offset in a zero container when smaller; per axis.
 
     The label container is filled with ``ignore_index`` (255), extra float maps with 0, the image

@@ -1,4 +1,4 @@
-"""Evaluation toolkit (SPEC section 7): mIoU from confusion matrices and the contour F-score.
+"""Evaluation toolkit (docs/METHOD.md section 7): mIoU from confusion matrices and the contour F-score.
 
 ``evaluate_dir`` is the dataset driver (also behind ``python -m tools.evaluate``);
 ``lib.evaluation.reference`` holds a slow loop-based reference used by tests and the benchmark.

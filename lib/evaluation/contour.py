@@ -1,4 +1,4 @@
-"""Contour (boundary) F-score, exactly as SPEC section 7 (the original contour_fscore.py).
+"""Contour (boundary) F-score, exactly as docs/METHOD.md section 7 (the original contour_fscore.py).
 
 Per image (H, W) and foreground label c in 1..N, with void (255) mapped to background:
 

@@ -1,4 +1,4 @@
-"""Dataset-level evaluation driver: mIoU + contour F-score of a prediction folder (SPEC section 7).
+"""Dataset-level evaluation driver: mIoU + contour F-score of a prediction folder (docs/METHOD.md section 7).
 
 Predictions (``pred_type``):
 
@@ -14,9 +14,9 @@ Streaming: ids are cut into chunks, each chunk is evaluated by a worker (multipr
 (4, N) boundary counts and, for the background sweep, (60, N+1, N+1) confusions -- so memory does
 not grow with the number of images.
 
-Conventions: a label absent from both GT and prediction over the whole dataset has IoU NaN and is
-left out of the mIoU (nanmean); the contour F of such a class is 1 (SPEC). In the returned dict
-NaN stays ``float('nan')``; ``save_results_json`` writes it as ``null``.
+Conventions (docs/METHOD.md section 7): a label absent from both GT and prediction over the whole
+dataset has IoU NaN and is left out of the mIoU (nanmean); the contour F of such a class is 1. In
+the returned dict NaN stays ``float('nan')``; ``save_results_json`` writes it as ``null``.
 """
 from __future__ import annotations
 
@@ -347,7 +347,7 @@ def format_results(result: dict, title: str | None = None) -> str:
     lines.append(f"{'':>5}  {'mean':<{width}}  {_pct(result['miou']):>7}  {_pct(result['contour_f']):>11}")
     if any(math.isnan(v) for v in result["per_class_iou"].values()):
         lines.append("nan IoU = label absent from GT and prediction everywhere (excluded from the mean); "
-                     "such a class scores contour F 100 (SPEC convention)")
+                     "such a class scores contour F 100 (docs/METHOD.md section 7)")
     return "\n".join(lines)
 
 

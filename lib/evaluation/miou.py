@@ -1,4 +1,4 @@
-"""Confusion matrices and mIoU (SPEC section 7).
+"""Confusion matrices and mIoU (docs/METHOD.md section 7).
 
 Conventions: label ids 0 (background) .. N (foreground class N-1), 255 void. ``num_labels`` below
 is the number of *rows* of the confusion matrix, i.e. N + 1 (background included).
@@ -18,7 +18,7 @@ import numpy as np
 
 IGNORE_INDEX = 255
 
-# Background thresholds of the eval_aff sweep: 0.00, 0.01, ..., 0.59 (SPEC section 7).
+# Background thresholds of the eval_aff sweep: 0.00, 0.01, ..., 0.59 (docs/METHOD.md section 7).
 SWEEP_THRESHOLDS = np.arange(60) / 100.0
 
 

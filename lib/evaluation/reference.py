@@ -1,4 +1,4 @@
-"""Slow, straightforward reference of the evaluation (SPEC section 7), for tests and the benchmark.
+"""Slow, straightforward reference of the evaluation (docs/METHOD.md section 7), for tests and the benchmark.
 
 Deliberately independent of ``miou.py`` / ``contour.py``: plain Python loops over pixels, a
 boundary function that reads the spec's shifted-copy definition literally, and a dilation done by

@@ -1,4 +1,4 @@
-"""Losses of the three ICAM stages (SPEC sections 3, 5, 6)."""
+"""Losses of the three ICAM stages (docs/METHOD.md sections 3, 5, 6)."""
 from lib.losses.affinity import affinity_loss
 from lib.losses.classification import (
     classification_loss,

@@ -1,4 +1,4 @@
-"""AffinityNet loss (PSA; SPEC section 5)."""
+"""AffinityNet loss (PSA; docs/METHOD.md section 5.4)."""
 from __future__ import annotations
 
 import torch

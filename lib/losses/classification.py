@@ -1,4 +1,4 @@
-"""Image-level classification losses of ICAM stage 1 (SPEC section 3).
+"""Image-level classification losses of ICAM stage 1 (docs/METHOD.md section 3.2).
 
 Notation: N images, C foreground classes, K = C + 1 channels (channel 0 is background),
 H x W the CAM resolution, S = number of importance samples.
@@ -199,7 +199,7 @@ def classification_loss(out_view1: Any, out_view2: Any, y: torch.Tensor, loss_we
                         num_samples: int = 100, pooling: str = "avg", rv_pooling: str = "max",
                         generator: torch.Generator | None = None,
                         sampling: str = "icam") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Stage-1 classification loss over the two views (SPEC section 3).
+    """Stage-1 classification loss over the two views (docs/METHOD.md section 3.2).
 
     out_view1/out_view2: objects with attributes ``pred`` (N, C+1), ``cam`` (N, C+1, H, W) softmax
     probabilities, ``cam_logits``, ``cam_rv`` (probabilities), ``cam_rv_logits`` (the CAM network's

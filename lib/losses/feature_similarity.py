@@ -1,4 +1,4 @@
-"""Feature similarity loss of ICAM (SPEC section 3; also used by stage 3).
+"""Feature similarity loss of ICAM (docs/METHOD.md section 3.4; also used by stage 3).
 
 For an image x (N, 3, H, W) in [0, 1] (de-normalised, at the prediction's resolution) and a
 prediction y (N, K, H, W) (CAM softmax probabilities), over all ordered pixel pairs (i, j):

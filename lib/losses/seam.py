@@ -1,4 +1,4 @@
-"""SEAM-style equivariance losses of ICAM stage 1 (SPEC section 3).
+"""SEAM-style equivariance losses of ICAM stage 1 (docs/METHOD.md section 3.3).
 
 View 1 is the crop x1, view 2 its bilinear 0.3x downscale. All maps are softmax probabilities
 (N, C+1, h, w); view-1 maps are brought to the view-2 size with

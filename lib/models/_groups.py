@@ -1,4 +1,4 @@
-"""Optimiser parameter groups shared by the three networks (SPEC sections 3, 5, 6)."""
+"""Optimiser parameter groups shared by the three networks (docs/METHOD.md sections 3, 5, 6)."""
 from __future__ import annotations
 
 import torch.nn as nn

@@ -1,4 +1,4 @@
-"""Stage-2 AffinityNet (PSA; SPEC section 5).
+"""Stage-2 AffinityNet (PSA; docs/METHOD.md section 5).
 
 conv4 (512w ch), conv5 (1024w ch) and conv6 (4096w ch) of the ResNet-38 trunk are all at stride 8
 (b4 is the last strided block: conv1a s1, b2/b3/b4 s2), so no resizing is needed::

@@ -1,4 +1,4 @@
-"""Stage-1 CAM network: ResNet-38 + SEAM's pixel correlation module (SPEC section 3).
+"""Stage-1 CAM network: ResNet-38 + SEAM's pixel correlation module (docs/METHOD.md section 3).
 
 Shapes: N images, K = C + 1 channels (0 = background), (H, W) input, (h, w) = stride-8 map
 (``h = ceil(H/8)``), ``w`` below also denotes the width multiplier where it scales channels.

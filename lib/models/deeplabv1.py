@@ -1,4 +1,4 @@
-"""Stage-3 DeepLab-v1 on ResNet-38 (SEAM's segmentation codebase; SPEC section 6).
+"""Stage-3 DeepLab-v1 on ResNet-38 (SEAM's segmentation codebase; docs/METHOD.md section 6).
 
 ::
 
