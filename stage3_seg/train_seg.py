@@ -214,6 +214,11 @@ def main(argv=None) -> None:
                   "scratch use --set BN_MOMENTUM=0.1", file=sys.stderr)
     if world > 1 and device.type == "cuda" and args.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if args.channels_last and device.type == "cpu":
+        # PyTorch's CPU kernels corrupt the heap intermittently when this network trains its
+        # BatchNorms in channels_last (docs/PERFORMANCE.md); the layout pays off on GPUs only.
+        raise UserError("--channels_last: stage 3 on the CPU crashes in channels_last (training "
+                        "BatchNorm); use it on CUDA only")
     model = channels_last(model, args.channels_last)
 
     max_step = cfg["ITERATIONS"]

@@ -613,3 +613,20 @@ def test_entry_point_subprocess(module, argv, code, needle):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == code, r.stderr
     assert len(lines) == 1 and lines[0].startswith(needle), r.stderr
+
+
+def test_train_seg_refuses_channels_last_on_the_cpu(capsys, voc, tmp_path):
+    """PyTorch's CPU kernels corrupt the heap in channels_last DeepLab training: exit 2 before
+    the first step, nothing written."""
+    from stage3_seg.train_seg import main
+
+    out = tmp_path / "ckpts"
+    line = fail(capsys, main, "train_seg", [
+        "--config", str(VOC_CONFIG), "--pseudo_gt", str(voc / "SegmentationClass"),
+        "--session_name", str(out / "final"), "--set", f"DATA_ROOT={voc}",
+        "--set", "TRAIN_SPLIT=train", "--set", f"NUM_CLASSES={NUM_CLASSES + 1}",
+        "--set", f"BACKBONE_WIDTH={WIDTH}", "--set", "BATCH=2", "--set", "CROP=32",
+        "--set", "WORKERS=0", "--weights", "none", "--max_steps", "1", "--device", "cpu",
+        "--channels_last"])
+    assert "--channels_last" in line and "CUDA only" in line
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
