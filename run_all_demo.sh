@@ -3,7 +3,10 @@
 # `make demo` runs this inside .venv. Sizes are tuned for a 2-core laptop; override by env vars:
 #   DEMO_NUM_TRAIN, DEMO_NUM_VAL, DEMO_SIZE (image side), DEMO_WIDTH (ResNet-38 width multiplier),
 #   DEMO_CAM_STEPS, DEMO_AFF_STEPS, DEMO_SEG_STEPS, DEMO_SEED (the --seed of the three trainings),
-#   EXPDIR, NPROC, STAGES, TARGET_MIOU (0.70: a note is printed below it), SEG_LABELS (crf).
+#   DEMO_REGIME (scratch: from random initialisation, the default; paper: the paper's flags on the
+#   shipped synthetic-pretrained trunk, experimental, docs/DEMO.md), DEMO_WEIGHTS (that trunk),
+#   EXPDIR, NPROC, STAGES, TARGET_MIOU (0.70: a note is printed below it), SEG_LABELS (crf; rw
+#   in the paper regime).
 set -euo pipefail
 cd "$(dirname "$0")"
 source tools/runner_args.sh
@@ -12,13 +15,18 @@ export EXPDIR=${EXPDIR:-demo_exp}
 export DATASET=voc
 export DATA_ROOT=${DATA_ROOT:-$EXPDIR/data/synthetic}
 export TRAIN_SPLIT=train EVAL_TRAIN_SPLIT=train VAL_SPLIT=val
-export WEIGHTS=none   # no ImageNet weights on a laptop: every network starts from scratch
+# DEMO_REGIME=paper: the paper's losses and schedule on the shipped synthetic-pretrained trunk;
+# scratch: the earlier baseline from random initialisation (GAP only, docs/DEMO.md).
+REGIME=${DEMO_REGIME:-scratch}
+case $REGIME in
+  paper) export WEIGHTS=${DEMO_WEIGHTS:-pretrained/synthetic_trunk_w0.125.pth}
+         export SEG_LABELS=${SEG_LABELS:-rw} ;;
+  scratch) export WEIGHTS=none
+           export SEG_LABELS=${SEG_LABELS:-crf} ;;
+  *) echo "$(basename "$0"): DEMO_REGIME must be paper or scratch, not '$REGIME'" >&2; exit 2;;
+esac
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 export TARGET_MIOU=${TARGET_MIOU:-0.70}   # the demo's target; below it the run ends with a note
-# Stage 3 trains on the alpha-4 CRF maps, not on the random-walk labels: at 96 px the walk runs on
-# a 12x12 grid and its labels are worse than the CRF maps it starts from (README, cause 7).
-# Stage 2 still runs and is evaluated. SEG_LABELS=rw gives the paper's pipeline.
-export SEG_LABELS=${SEG_LABELS:-crf}
 
 N_TRAIN=${DEMO_NUM_TRAIN:-400}
 N_VAL=${DEMO_NUM_VAL:-100}
@@ -39,27 +47,37 @@ if [ ! -e "$DATA_ROOT/cls_labels.npz" ]; then
   "$PYTHON" -m tools.make_cls_labels --voc_root "$DATA_ROOT" > "$EXPDIR/logs/make_cls_labels.log" 2>&1
 fi
 
-# The demo has no ImageNet weights: every network starts from random initialisation, where the
-# original regime does not work. Each deviation is a flag (defaults stay the paper's); why each is
-# needed is in the README section "Why the demo deviates from the paper":
-#  - all stages: BN statistics train, no dropout, poly AdamW;
-#  - stages 1 and 2: one learning rate for every layer (the 10x/20x multipliers exist for new
-#    layers on top of a pretrained trunk); stage 3 keeps them (with 1 1 1 1 it was no better);
-#  - stage 1: GAP classification only (no importance sampling, no max-pooled revised-CAM loss,
-#    no FSL): from scratch those pixel-selecting losses collapse onto a zero-padding "register"
-#    at the image border; CAMs from the ReLU'd logits (the background channel is never trained),
-#    narrowed with a power so the fixed background rules downstream fit them;
-#  - stage 2: background power 4 and a dense CRF on the random-walk scores (the 12x12 walk of a
-#    96 px image is coarse);
-#  - stage 3: BN momentum 0.1 (the original's 3e-4 leaves random-init statistics unchanged).
-# Extra flags in DEMO_<STAGE>_ARGS are appended, so they override these.
-SCRATCH="--no-frozen_bn --no-dropout --optimizer adamw --lr ${DEMO_LR:-0.001} --lr_mults 1 1 1 1"
 COMMON="--seed $SEED --backbone_width $WIDTH --batch_size $BATCH --num_workers 1 --device cpu --threads ${OMP_NUM_THREADS}"
-export CAM_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 5 / 4)) --max_steps $CAM_STEPS $SCRATCH --loss_weight 0 --rv_pooling avg --no-fsl ${DEMO_CAM_TRAIN_ARGS:-}"
-export CAM_INFER_ARGS="--backbone_width $WIDTH --num_workers 1 --crf_workers 2 --device cpu --cam_source relu_logits --cam_power 2.4 ${DEMO_CAM_INFER_ARGS:-}"
-export AFF_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 3 / 2)) --max_steps $AFF_STEPS $SCRATCH ${DEMO_AFF_TRAIN_ARGS:-}"
-export AFF_INFER_ARGS="--backbone_width $WIDTH --device cpu --alpha 4 --crf ${DEMO_AFF_INFER_ARGS:-}"
 export SEG_CONFIG=voc/config_voc2012.py
-export SEG_TRAIN_ARGS="--set BACKBONE_WIDTH=$WIDTH --set CROP=$CROP --set BATCH=$BATCH --set WORKERS=1 --set LR=${DEMO_SEG_LR:-0.001} --set BN_MOMENTUM=0.1 --seed $SEED --optimizer adamw --no-dropout --max_steps $SEG_STEPS --device cpu ${DEMO_SEG_TRAIN_ARGS:-}"
+case $REGIME in
+paper)
+  # The paper's regime on the shipped synthetic-pretrained trunk (pretrained/README.md): every
+  # flag at its original default (importance sampling w 0.8, FSL, max-pooled revised-CAM loss,
+  # softmax CAMs, frozen BN, dropout, poly SGD with the 10x/20x multipliers); only the sizes,
+  # the step counts and the CPU settings are the demo's.
+  export CAM_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 5 / 4)) --max_steps $CAM_STEPS ${DEMO_CAM_TRAIN_ARGS:-}"
+  export CAM_INFER_ARGS="--backbone_width $WIDTH --num_workers 1 --crf_workers 2 --device cpu ${DEMO_CAM_INFER_ARGS:-}"
+  export AFF_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 3 / 2)) --max_steps $AFF_STEPS ${DEMO_AFF_TRAIN_ARGS:-}"
+  export AFF_INFER_ARGS="--backbone_width $WIDTH --device cpu ${DEMO_AFF_INFER_ARGS:-}"
+  export SEG_TRAIN_ARGS="--set BACKBONE_WIDTH=$WIDTH --set CROP=$CROP --set BATCH=$BATCH --set WORKERS=1 --seed $SEED --max_steps $SEG_STEPS --device cpu ${DEMO_SEG_TRAIN_ARGS:-}"
+  ;;
+scratch)
+  # Every network from random initialisation, where the original regime does not work; each
+  # deviation is a flag (docs/DEMO.md says why each is needed):
+  #  - all stages: BN statistics train, no dropout, poly AdamW;
+  #  - stages 1 and 2: one learning rate for every layer; stage 3 keeps the 10x/20x multipliers;
+  #  - stage 1: GAP classification only (no importance sampling, no max-pooled revised-CAM loss,
+  #    no FSL; from scratch they collapse onto a zero-padding "register" at the image border);
+  #    CAMs from the ReLU'd logits, narrowed with a power;
+  #  - stage 2: background power 4 and a dense CRF on the random-walk scores;
+  #  - stage 3: BN momentum 0.1, on the alpha-4 CRF maps (SEG_LABELS=crf).
+  SCRATCH="--no-frozen_bn --no-dropout --optimizer adamw --lr ${DEMO_LR:-0.001} --lr_mults 1 1 1 1"
+  export CAM_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 5 / 4)) --max_steps $CAM_STEPS $SCRATCH --loss_weight 0 --rv_pooling avg --no-fsl ${DEMO_CAM_TRAIN_ARGS:-}"
+  export CAM_INFER_ARGS="--backbone_width $WIDTH --num_workers 1 --crf_workers 2 --device cpu --cam_source relu_logits --cam_power 2.4 ${DEMO_CAM_INFER_ARGS:-}"
+  export AFF_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 3 / 2)) --max_steps $AFF_STEPS $SCRATCH ${DEMO_AFF_TRAIN_ARGS:-}"
+  export AFF_INFER_ARGS="--backbone_width $WIDTH --device cpu --alpha 4 --crf ${DEMO_AFF_INFER_ARGS:-}"
+  export SEG_TRAIN_ARGS="--set BACKBONE_WIDTH=$WIDTH --set CROP=$CROP --set BATCH=$BATCH --set WORKERS=1 --set LR=${DEMO_SEG_LR:-0.001} --set BN_MOMENTUM=0.1 --seed $SEED --optimizer adamw --no-dropout --max_steps $SEG_STEPS --device cpu ${DEMO_SEG_TRAIN_ARGS:-}"
+  ;;
+esac
 export SEG_INFER_ARGS="--set BACKBONE_WIDTH=$WIDTH --workers 2 --device cpu ${DEMO_SEG_INFER_ARGS:-}"
 source tools/pipeline.sh

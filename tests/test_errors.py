@@ -28,12 +28,7 @@ NUM_CLASSES = 5  # the synthetic set's foreground classes
 VOC_CONFIG = ROOT / "voc" / "config_voc2012.py"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

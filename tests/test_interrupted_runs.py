@@ -25,12 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WIDTH = "0.0625"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- checkpoint files
@@ -379,3 +374,21 @@ def test_pipeline_killed_in_stage1_training_and_rerun_equals_an_uninterrupted_ru
         a = json.loads((tmp_path / "whole" / "eval" / f"{name}.json").read_text())
         b = json.loads((killed / "eval" / f"{name}.json").read_text())
         assert a == b, name
+
+
+@pytest.mark.parametrize("regime", ["scratch", "paper"])
+def test_demo_regime_sets_the_weights_and_flags_of_every_training(tmp_path, regime):
+    """scratch (default): random initialisation with the from-scratch flags and stage 3 on the CRF
+    maps; paper: the shipped synthetic trunk, the paper's flags, stage 3 on the random-walk labels."""
+    r = run_runner(tmp_path, "run_all_demo.sh", DEMO_REGIME=regime)
+    assert r.returncode == 0, r.stderr
+    trunk = "pretrained/synthetic_trunk_w0.125.pth"
+    for module in ("stage1_cam.train_cam", "stage2_aff.train_aff", "stage3_seg.train_seg"):
+        call = module_call(tmp_path, module)
+        assert call[call.index("--weights") + 1] == (trunk if regime == "paper" else "none")
+        assert ("--optimizer" in call) == (regime == "scratch"), call
+    cam = module_call(tmp_path, "stage1_cam.train_cam")
+    assert ("--no-frozen_bn" in cam) == ("--no-fsl" in cam) == (regime == "scratch")
+    seg = module_call(tmp_path, "stage3_seg.train_seg")
+    labels = "rw" if regime == "paper" else "crf_labels/alpha_4.0"
+    assert seg[seg.index("--pseudo_gt") + 1].endswith(labels), seg
