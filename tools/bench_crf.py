@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.errors import UserError
+from lib.errors import UserError, run_main
 from lib.pool import BoundedPool
 from tools._bench import format_table
 
@@ -124,6 +124,4 @@ def main(argv=None) -> int:
 COLUMNS = ("case", "workers", "s_per_image", "img_per_s", "speedup_vs_1")
 
 if __name__ == "__main__":
-    from lib.errors import run_main
-
     run_main(main, "bench_crf")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.errors import UserError
+from lib.errors import UserError, run_main
 from tools._bench import format_table
 
 
@@ -109,6 +109,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from lib.errors import run_main
-
     run_main(main, "bench_loader")

@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lib.errors import UserError
+from lib.errors import UserError, run_main
 from lib.models import build_model, disable_dropout
 from lib.optim import build_optimizer
 from tools._bench import format_table, peak_bytes, reset_peak, time_fn, write_json
@@ -512,6 +512,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from lib.errors import run_main
-
     run_main(main, "bench_pipeline")

@@ -25,7 +25,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lib.errors import UserError
+from lib.errors import UserError, run_main
 from tools._bench import format_table
 
 # VOC 2012 + SBD list sizes and the schedules of run_all_voc.sh (script / config defaults).
@@ -202,6 +202,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from lib.errors import run_main
-
     run_main(main, "time_budget")
