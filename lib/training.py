@@ -373,22 +373,9 @@ def set_rng_state(state: dict, device: torch.device, generators: dict[str, torch
         g.set_state(state[f"generator.{name}"])
 
 
-def _rank() -> int:
-    import torch.distributed as tdist
-
-    return tdist.get_rank() if tdist.is_initialized() else 0
-
-
 def gather_rng_states(device: torch.device, generators: dict[str, torch.Generator]) -> list[dict]:
     """Every rank's ``rng_state`` (collective under torchrun), indexed by rank."""
-    mine = rng_state(device, generators)
-    if dist.world_size() == 1:
-        return [mine]
-    import torch.distributed as tdist
-
-    states: list = [None] * dist.world_size()
-    tdist.all_gather_object(states, mine)
-    return states
+    return dist.all_gather_object(rng_state(device, generators))
 
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> None:
@@ -475,7 +462,7 @@ class TrainingRun:
         if self.args.resume:
             start, rng = load_train_state(self.args.resume, model, optimizer, self.config)
             if rng is not None and len(rng) == world:
-                set_rng_state(rng[_rank()], device, self.generators, self.args.resume)
+                set_rng_state(rng[dist.rank()], device, self.generators, self.args.resume)
             elif dist.is_main():
                 print(f"{self.desc}: WARNING: {self.args.resume} has no RNG states for "
                       f"{world} process(es); the resumed run will not repeat the interrupted "

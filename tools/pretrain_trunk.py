@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import math
 import sys
@@ -69,6 +68,7 @@ import torch.nn.functional as F
 
 from lib import dist
 from lib.backbones.resnet38d import ResNet38d
+from lib.checkpoint import checkpoint_bytes, write_bytes_atomic
 from lib.datasets.transforms import Normalize
 from lib.errors import RunError, UserError, run_main
 from lib.io import atomic_path
@@ -244,12 +244,9 @@ def load_state(path: Path, model, optimizer) -> int:
 
 
 def write_weights(path: Path, state: dict) -> None:
-    """torch.save through memory, then an atomic write: the zip archive's inner folder is named
-    after the file torch.save is given, so saving to a random temporary name would change bytes."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(buf.getvalue())
+    """The checkpoint's bytes through memory, written atomically (``lib.checkpoint``): saving to
+    a random temporary name would put that name into the zip and change the bytes."""
+    write_bytes_atomic(path, checkpoint_bytes(state))
 
 
 def sha256(path: Path) -> str:
