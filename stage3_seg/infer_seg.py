@@ -25,8 +25,6 @@ outputs are skipped unless --overwrite.
 from __future__ import annotations
 
 import argparse
-import collections
-import multiprocessing
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -40,6 +38,7 @@ from lib import dist
 from lib.config import add_config_args, coerce_value, config_from_args, load_config
 from lib.errors import UserError, check_args, check_writable_dir, run_main
 from lib.io import check_finite_output, read_list, save_label_png
+from lib.pool import BoundedPool
 
 
 def _logits_of(out) -> torch.Tensor:
@@ -102,10 +101,6 @@ def _finish(out_path: str, probs: np.ndarray, image_uint8: np.ndarray, use_crf: 
     """Worker task: post-process one image and write its PNG (atomically)."""
     save_label_png(out_path, probs_to_label(probs, image_uint8, use_crf))
     return out_path
-
-
-def _init_worker() -> None:
-    torch.set_num_threads(1)
 
 
 def load_image(path: Path) -> tuple[np.ndarray, torch.Tensor]:
@@ -238,33 +233,16 @@ def main(argv=None) -> None:
 
     from tqdm import tqdm
 
-    pool = None
-    if args.workers > 0 and todo:
-        # spawn: forked children of a process running torch/OpenMP threads can deadlock.
-        pool = multiprocessing.get_context("spawn").Pool(args.workers, initializer=_init_worker)
-    pending: collections.deque = collections.deque()
-    try:
+    # Bound the probability maps waiting in the queue (each is K x H x W floats).
+    with BoundedPool(args.workers if todo else 0, max_pending=2 * args.workers) as pool:
         for image_id in tqdm(todo, desc="infer_seg", disable=not dist.is_main(), dynamic_ncols=True):
             rgb, x = load_image(layout.image_path(image_id))
             with autocast(args.amp, device):
                 probs = multiscale_flip_probs(model, x.to(device), cfg["TEST_SCALES"],
                                               cfg["TEST_FLIP"])
             check_finite_output(probs, f"{out_dir / image_id}.png (image {image_id})")
-            job = (str(out_dir / f"{image_id}.png"), probs.float().cpu().numpy(), rgb,
-                   cfg["TEST_CRF"])
-            if pool is None:
-                _finish(*job)
-                continue
-            pending.append(pool.apply_async(_finish, job))
-            # Bound the probability maps waiting in the queue (each is K x H x W floats).
-            while len(pending) > 2 * args.workers:
-                pending.popleft().get()
-        while pending:
-            pending.popleft().get()
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+            pool.submit(_finish, str(out_dir / f"{image_id}.png"), probs.float().cpu().numpy(),
+                        rgb, cfg["TEST_CRF"])
     dist.barrier()
 
     if args.eval and dist.is_main():
