@@ -57,6 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--logt", type=int, default=6, help="walk length 2^logt")
     p.add_argument("--method", default="auto", choices=list(METHODS),
                    help="random-walk evaluation: dense (original T^(2^logt)), sparse, auto")
+    p.add_argument("--upscale", type=int, default=1,
+                   help="not in the paper: walk on the image enlarged by this factor, i.e. at output "
+                        "stride 8/upscale (the CPU demo's 96 px images give a 12x12 grid at stride 8; "
+                        "docs/DEMO.md); 1 = the paper")
     p.add_argument("--crf", action="store_true", help="dense-CRF post-processing of the rw scores")
     p.add_argument("--crf_iters", type=int, default=1,
                    help="mean-field iterations of --crf (1 as in SEAM's infer_aff)")
@@ -67,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
-    check_args(args, {"alpha": "> 0", "beta": "> 0", "logt": ">= 0", "crf_iters": ">= 1",
+    check_args(args, {"alpha": "> 0", "beta": "> 0", "logt": ">= 0", "crf_iters": ">= 1", "upscale": ">= 1",
                       "backbone_width": "> 0", "workers": ">= 0", "threads": ">= 0"})
     return args
 
@@ -103,12 +107,20 @@ def _first(batch):
 
 @torch.no_grad()
 def rw_scores(model, image: torch.Tensor, cams: torch.Tensor, alpha: float, beta: float,
-              logt: int, method: str = "auto") -> torch.Tensor:
+              logt: int, method: str = "auto", upscale: int = 1) -> torch.Tensor:
     """Random-walk scores at full resolution (module docstring).
 
     image: (3, H, W) normalised; cams: (K, H, W) in [0, 1], K >= 1.
+    upscale: walk on the image and CAMs bilinearly enlarged by this factor (the grid becomes
+    upscale x finer: an output stride of 8 / upscale), then bring the scores back to (H, W);
+    1 = the paper.
     Returns (K+1, H, W) float32 scores, channel 0 background, channel i+1 = cams[i].
     """
+    _, H0, W0 = image.shape
+    if upscale != 1:
+        size = (H0 * upscale, W0 * upscale)
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        cams = F.interpolate(cams[None].float(), size=size, mode="bilinear", align_corners=False)[0]
     _, H, W = image.shape
     Hp, Wp = -(-H // POOL) * POOL, -(-W // POOL) * POOL
     x = F.pad(image, (0, Wp - W, 0, Hp - H))[None]  # zeros bottom/right, as PSA
@@ -120,7 +132,10 @@ def rw_scores(model, image: torch.Tensor, cams: torch.Tensor, alpha: float, beta
     s = F.avg_pool2d(F.pad(s, (0, Wp - W, 0, Hp - H))[None], POOL, POOL)[0]
     rw = random_walk(s, feats, beta=beta, logt=logt, radius=RADIUS, method=method)
     up = F.interpolate(rw[None], size=(Hp, Wp), mode="bilinear", align_corners=False)[0]
-    return up[:, :H, :W]
+    up = up[:, :H, :W]
+    if upscale != 1:
+        up = F.interpolate(up[None], size=(H0, W0), mode="area")[0]
+    return up
 
 
 def main(argv=None) -> None:
@@ -154,7 +169,7 @@ def main(argv=None) -> None:
                 label = np.zeros((H, W), np.uint8)  # no class: the walk would give background
             else:
                 scores = rw_scores(model, item["image"].to(device), torch.from_numpy(cams),
-                                   args.alpha, args.beta, args.logt, args.method)
+                                   args.alpha, args.beta, args.logt, args.method, args.upscale)
                 if args.crf:
                     p = scores / scores.sum(0, keepdim=True).clamp_min(1e-5)
                     scores = torch.from_numpy(dense_crf(item["image_uint8"], p.cpu().numpy(),

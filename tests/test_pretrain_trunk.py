@@ -134,3 +134,12 @@ def test_metrics_and_loss_hand_cases():
     two = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
     assert pt.classification_loss(flat, two, "softmax").item() == pytest.approx(np.log(4))
     assert pt.classification_loss(flat, two, "sigmoid").item() == pytest.approx(np.log(2))
+
+
+@pytest.mark.parametrize("p, category_shapes", [(0.0, False), (1.0, True)])
+def test_shape_distractors_sets_how_often_a_distractor_takes_a_category_shape(p, category_shapes):
+    rng = np.random.default_rng(3)
+    kinds = {pt._distractor(rng, 96, p).kind for _ in range(40)}
+    plain = {"ellipse", "blob"}                     # the demo's own distractor shapes
+    assert (kinds == plain) == (not category_shapes)
+    assert (not kinds & plain) == category_shapes

@@ -15,9 +15,9 @@ categories), each with a preferred hue (+-0.12, random saturation / value, so co
 cue); the demo's five classes (disc/stripes, box/checker, triangle/dots, star/gradient,
 ring/blotchy, with their hues) are among them, as VOC's classes are among ImageNet's. An image
 holds 1-3 objects of distinct categories (extent 15-55 % of the side), 0-3 distractors under them
-and sometimes 1-2 over them (ellipses, blobs, and the categories' own shapes in flat or mottled
-colours, so that neither shape nor texture alone names a category), and a background with 3-11
-clutter lines. No segmentation mask is made or used: a sample is (image, category set).
+and sometimes 1-2 over them (ellipses and blobs in flat or mottled colours; with
+``--shape_distractors P`` a distractor takes one of the categories' shapes with probability P), and
+a background with 3-11 clutter lines. No segmentation mask is made or used: a sample is (image, category set).
 
 Streams (disjoint from the demo). The demo draws image ``i`` from
 ``np.random.default_rng([seed, i])`` (seed 0 for train and val). Training image ``i`` here comes
@@ -91,16 +91,19 @@ CATEGORIES = _categories()
 CATEGORY_NAMES = tuple(f"{s}/{t}" for s, t, _ in CATEGORIES)
 
 
-def _distractor(rng: np.random.Generator, size: int) -> msv.Shape:
-    """An ellipse or blob (as in the demo), or one of the categories' shapes, to be painted flat."""
-    if rng.random() < 0.5:
+def _distractor(rng: np.random.Generator, size: int, shape_p: float = 0.5) -> msv.Shape:
+    """An ellipse or blob (as in the demo), or with probability ``shape_p`` one of the categories'
+    shapes, to be painted in a distractor's flat or mottled colours."""
+    if rng.random() < 1.0 - shape_p:
         return msv._distractor_shape(rng, size)
     shape = msv.SHAPES[int(rng.integers(len(msv.SHAPES)))]
     return msv.object_shape(shape, rng, size, size_range=(0.12, 0.35))
 
 
-def render_pretrain_sample(tag: int, seed: int, index: int, size: int) -> tuple[np.ndarray, list[int]]:
-    """Image ``index`` of the stream (tag, seed): (image (S, S, 3) uint8, sorted category ids)."""
+def render_pretrain_sample(tag: int, seed: int, index: int, size: int,
+                           shape_distractors: float = 0.5) -> tuple[np.ndarray, list[int]]:
+    """Image ``index`` of the stream (tag, seed): (image (S, S, 3) uint8, sorted category ids).
+    ``shape_distractors``: probability that a distractor takes a category's shape."""
     rng = np.random.default_rng([tag, seed, index])
     f = size / 128.0
     img = msv._background(rng, size, f, lines=(3, 12))
@@ -111,22 +114,24 @@ def render_pretrain_sample(tag: int, seed: int, index: int, size: int) -> tuple[
         rng, size, img, n_under, [lambda c=int(c): c for c in cats], n_over,
         lambda c, centred: msv.object_shape(CATEGORIES[c][0], rng, size, centred, SIZE_RANGE),
         lambda c, shape, x, y: msv.object_texture(CATEGORIES[c][1], CATEGORIES[c][2], shape, x, y, rng, f),
-        lambda: _distractor(rng, size))
+        lambda: _distractor(rng, size, shape_distractors))
     return image, sorted({layer.cls for layer in layers if layer.cls >= 0})
 
 
 class PretrainImages(torch.utils.data.Dataset):
     """Item ``i``: (normalised image (3, S, S) float32, multi-hot targets (K,) float32)."""
 
-    def __init__(self, tag: int, seed: int, size: int):
+    def __init__(self, tag: int, seed: int, size: int, shape_distractors: float = 0.5):
         self.tag, self.seed, self.size = tag, seed, size
+        self.shape_distractors = shape_distractors
         self.normalize = Normalize()
 
     def __len__(self) -> int:
         return 2 ** 40                     # an unbounded stream; the sampler picks the indices
 
     def __getitem__(self, i: int):
-        image, cats = render_pretrain_sample(self.tag, self.seed, int(i), self.size)
+        image, cats = render_pretrain_sample(self.tag, self.seed, int(i), self.size,
+                                             self.shape_distractors)
         y = torch.zeros(len(CATEGORIES))
         y[cats] = 1.0
         return torch.from_numpy(self.normalize(image).transpose(2, 0, 1).copy()), y
@@ -272,6 +277,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup_steps", type=int, default=100)
     ap.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=True,
                     help="the trunk's dropout in b6/b7 (the ImageNet model's)")
+    ap.add_argument("--shape_distractors", type=float, default=0.5,
+                    help="probability that a distractor takes one of the categories' shapes, painted "
+                         "flat or mottled (0 was tried and made a worse trunk for the demo: "
+                         "docs/PRETRAINING.md)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--val_images", type=int, default=256, help="held-out set size (VAL_TAG stream)")
     ap.add_argument("--val_every", type=int, default=250)
@@ -312,9 +321,9 @@ def main(argv=None) -> int:
     start = load_state(Path(args.resume), model, optimizer) if args.resume else 0
     end = args.max_steps if args.stop_after is None else min(args.max_steps, args.stop_after)
 
-    val = [PretrainImages(VAL_TAG, args.seed, args.size)[i] for i in range(args.val_images)]
+    val = [PretrainImages(VAL_TAG, args.seed, args.size, args.shape_distractors)[i] for i in range(args.val_images)]
     val_x, val_y = torch.stack([v[0] for v in val]), torch.stack([v[1] for v in val])
-    data = PretrainImages(TRAIN_TAG, args.seed, args.size)
+    data = PretrainImages(TRAIN_TAG, args.seed, args.size, args.shape_distractors)
     loader = torch.utils.data.DataLoader(
         data, batch_size=args.batch_size, num_workers=args.num_workers,
         sampler=range(start * args.batch_size, end * args.batch_size))
