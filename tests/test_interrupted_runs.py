@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,6 +205,37 @@ def test_runner_help_prints_the_variables_and_runs_nothing(tmp_path, script, fla
     assert "Environment (defaults in brackets):" in r.stdout
     assert "SAVE_EVERY [500]" in r.stdout and "NPROC [1]" in r.stdout
     assert not (tmp_path / "exp").exists() and calls(tmp_path) == []
+
+
+@pytest.mark.parametrize("venv, explicit, expect", [
+    (True, False, "venv"), (False, False, "path"), (True, True, "explicit")])
+def test_runner_interpreter_defaults_to_the_repository_venv(tmp_path, venv, explicit, expect):
+    """PYTHON unset: a runner uses the repository's .venv/bin/python when it exists (the system
+    python usually lacks the requirements), else `python` from PATH; a set PYTHON always wins."""
+    repo = tmp_path / "repo"
+    (repo / "tools").mkdir(parents=True)
+    for f in ("run_all_voc.sh", "tools/runner_args.sh", "tools/pipeline.sh"):
+        shutil.copy(ROOT / f, repo / f)
+    stubs = {"venv": repo / ".venv" / "bin" / "python", "path": tmp_path / "bin" / "python",
+             "explicit": tmp_path / "explicit" / "python"}
+    if not venv:
+        del stubs["venv"]
+    for name, stub in stubs.items():
+        record = tmp_path / f"calls_{name}"
+        record.mkdir()
+        stub.parent.mkdir(parents=True)
+        stub.write_text(STUB.replace("\nf=$(mktemp", f"\nFAKE_DIR={shlex.quote(str(record))}\nf=$(mktemp", 1))
+        stub.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env.update(PATH=f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}", EXPDIR=str(tmp_path / "exp"),
+               DATA_ROOT=str(tmp_path / "data"), STAGES="1")
+    if explicit:
+        env["PYTHON"] = str(stubs["explicit"])
+    r = subprocess.run(["bash", "run_all_voc.sh"], cwd=repo, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    used = {name for name in stubs if any((tmp_path / f"calls_{name}").glob("call.*"))}
+    assert used == {expect}
 
 
 @pytest.mark.parametrize("env, message", [

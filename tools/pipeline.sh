@@ -13,7 +13,7 @@
 #   NPROC [1]                processes per node; 1 = plain python, >1 = torchrun (DDP)
 #   STAGES ["1 2 3"]         which stages to run, e.g. STAGES="2 3" resumes from stage-1 artifacts
 #   SAVE_EVERY [500]         training steps between saves of <ckpt>.state.pth (resume points)
-#   PYTHON [python]          interpreter
+#   PYTHON [.venv/bin/python when it exists, else python]   interpreter
 #   TRAIN_SPLIT [train_aug]  training / pseudo-label split; EVAL_TRAIN_SPLIT [train] has GT
 #   VAL_SPLIT [val]
 #   CAM_TRAIN_ARGS, CAM_INFER_ARGS, AFF_TRAIN_ARGS, AFF_INFER_ARGS, SEG_TRAIN_ARGS, SEG_INFER_ARGS
