@@ -162,6 +162,20 @@ def load_crf(path) -> tuple[np.ndarray, np.ndarray]:
     return keys.astype(np.int64), probs.astype(np.float32, copy=False)
 
 
+def channel_class_ids(keys) -> np.ndarray:
+    """Class id of each channel of a [background, present classes] stack: (K,) foreground ids
+    -> (K+1,) int64 ``[0, k_1+1, ..., k_K+1]`` (the CRF artifact's ``keys``)."""
+    return np.concatenate([[0], np.asarray(keys, np.int64).reshape(-1) + 1]).astype(np.int64)
+
+
+def scores_to_label(scores, keys) -> np.ndarray:
+    """(H, W) uint8 class ids of the argmax channel of (K+1, H, W) scores (numpy or torch) over
+    [background, the classes ``keys``]."""
+    idx = scores.argmax(0)
+    idx = idx.cpu().numpy() if hasattr(idx, "cpu") else idx
+    return channel_class_ids(keys).astype(np.uint8)[idx]
+
+
 def cam_to_label(keys, cams, bg_threshold: float | None = None, shape=None) -> np.ndarray:
     """Label map (H, W) uint8 from a CAM artifact.
 
@@ -176,10 +190,7 @@ def cam_to_label(keys, cams, bg_threshold: float | None = None, shape=None) -> n
         return np.zeros((h, w), np.uint8)
     bg = np.full(cams.shape[1:], bg_threshold, np.float32) if bg_threshold is not None \
         else 1.0 - cams.sum(0)
-    scores = np.concatenate([bg[None], cams], 0)
-    idx = scores.argmax(0)
-    lut = np.concatenate([[0], keys + 1]).astype(np.uint8)
-    return lut[idx]
+    return scores_to_label(np.concatenate([bg[None], cams], 0), keys)
 
 
 def crf_to_label(keys, probs) -> np.ndarray:
