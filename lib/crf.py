@@ -48,9 +48,9 @@ def dense_crf_many(image_uint8: np.ndarray, probs_list, n_iter: int = 10,
                    bilateral_compat: float = 10) -> list[np.ndarray]:
     """:func:`dense_crf` of several (K, H, W) score maps of one image with the same K.
 
-    The pairwise terms depend only on the image, so one CRF object (its permutohedral lattices,
-    ~10 % of a 10-iteration run at 500x375) serves every unary: each inference restarts from its
-    own unary, and the results are bit-identical to separate :func:`dense_crf` calls.
+    The pairwise terms depend only on the image, so one CRF object (its permutohedral lattices)
+    serves every unary: each inference restarts from its own unary, and the results are
+    bit-identical to separate :func:`dense_crf` calls (the saving: docs/PERFORMANCE.md).
     """
     import pydensecrf.densecrf as dcrf  # deferred: only CRF users need the extension
 

@@ -15,18 +15,10 @@ beta = 8, logt = 6 (T^64). Two equivalent evaluations:
   v <- v @ T, i.e. 64 sparse-dense products of O(nnz * (C+1)); nnz = 2 * 34 + 1 per interior
   pixel for r = 5 (159,429 ~ 54 n on the 63x47 map, fewer pairs near the borders).
 
-``'auto'`` picks the faster measured path for the device. Measured with
-``python -m tools.bench_random_walk`` (63x47 map, 448 channels, torch 2.14 CPU build, 2 intra-op
-threads on a 2-core machine shared with other jobs, so medians are noisy; best of 5):
-
-    C+1 = 21: dense 3.4 s/image, sparse 0.05 s/image (walk from pair affinities)
-    C+1 = 3:  dense 3.4 s/image, sparse 0.04 s/image
-    from features (adds the 448-channel pair affinities, ~0.15-0.4 s): dense 4.2-5.4 s,
-    sparse 0.2-0.45 s; max |dense - sparse| / max = 7e-7 (21 ch), 2e-6 (3 ch)
-
-so 'auto' = 'sparse' on the CPU. No GPU was available for measuring; on CUDA 'auto' keeps the
-original dense path (a few large GEMMs vs 64 small sequential sparse kernels) -- re-measure with
-``python -m tools.bench_random_walk --device cuda`` before relying on that choice.
+``'auto'`` picks 'sparse' on the CPU (much faster than 'dense' there, equal to ~1e-6) and
+keeps the original 'dense' on CUDA (a few large GEMMs vs 64 small sequential sparse kernels);
+the measurements are in docs/PERFORMANCE.md (``python -m tools.bench_random_walk [--device
+cuda]``).
 """
 from __future__ import annotations
 
@@ -133,7 +125,7 @@ def _resolve_method(method: str, device: torch.device) -> str:
     if method not in METHODS:
         raise ValueError(f"random_walk: method must be one of {METHODS}, got {method!r}")
     if method == "auto":
-        # See the module docstring for the measurements behind this choice.
+        # The module docstring says why (measurements: docs/PERFORMANCE.md).
         return "dense" if device.type == "cuda" else "sparse"
     return method
 
