@@ -26,7 +26,6 @@ __all__ = [
     "pair_affinity",
     "affinity_label_map",
     "extract_pair_labels",
-    "affinity_labels_from_crf",
 ]
 
 VOID = 255
@@ -169,8 +168,3 @@ def extract_pair_labels(label, radius: int = 5) -> tuple[torch.Tensor, torch.Ten
     fg_pos = same & (lf != 0) & valid
     neg = ~same & valid
     return bg_pos.float(), fg_pos.float(), neg.float()
-
-
-def affinity_labels_from_crf(la, la_keys, ha, ha_keys, radius: int = 5):
-    """:func:`extract_pair_labels` of :func:`affinity_label_map` (one pooled sample)."""
-    return extract_pair_labels(affinity_label_map(la, la_keys, ha, ha_keys), radius)
