@@ -213,16 +213,15 @@ def main(argv=None) -> None:
             check_finite_output(probs, f"{out_dir / item['id']}.png (image {item['id']})")
             pool.submit(_finish, str(out_dir / f"{item['id']}.png"), probs.float().cpu().numpy(),
                         item["image_uint8"], cfg["TEST_CRF"])
-    dist.barrier()
+    run.finish()  # every process has written its share
 
-    if args.eval and dist.is_main():
+    if args.eval and run.rank == 0:
         gt_dir = layout.gt_path(ids[0]).parent
         res = evaluate_dir(out_dir, gt_dir, ids, cfg["NUM_CLASSES"] - 1, pred_type="png",
                            workers=args.eval_workers, class_names=list(layout.class_names))
         print(format_results(res, title=f"DeepLab-v1 {split} ({out_dir})"))
         if args.out_json:
             save_results_json(res, args.out_json)
-    run.finish()
 
 
 if __name__ == "__main__":
