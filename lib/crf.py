@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from lib.io import channel_class_ids
+
 __all__ = ["dense_crf", "dense_crf_many", "crf_from_cam", "crf_from_cam_alphas",
-           "crf_inference_from_cam", "cam_bg_fg_scores"]
+           "cam_bg_fg_scores"]
 
 # unary_from_softmax's default clip: keeps -log finite where a score is exactly 0.
 _CLIP = 1e-5
@@ -46,9 +48,9 @@ def dense_crf_many(image_uint8: np.ndarray, probs_list, n_iter: int = 10,
                    bilateral_compat: float = 10) -> list[np.ndarray]:
     """:func:`dense_crf` of several (K, H, W) score maps of one image with the same K.
 
-    The pairwise terms depend only on the image, so one CRF object (its permutohedral lattices,
-    ~10 % of a 10-iteration run at 500x375) serves every unary: each inference restarts from its
-    own unary, and the results are bit-identical to separate :func:`dense_crf` calls.
+    The pairwise terms depend only on the image, so one CRF object (its permutohedral lattices)
+    serves every unary: each inference restarts from its own unary, and the results are
+    bit-identical to separate :func:`dense_crf` calls (the saving: docs/PERFORMANCE.md).
     """
     import pydensecrf.densecrf as dcrf  # deferred: only CRF users need the extension
 
@@ -93,9 +95,13 @@ def dense_crf_many(image_uint8: np.ndarray, probs_list, n_iter: int = 10,
 def cam_bg_fg_scores(cams: np.ndarray, alpha: float) -> np.ndarray:
     """Stack the background score on top of the CAMs: (K, H, W) -> (K+1, H, W) float32.
 
-    bg = (1 - max_k M_k)^alpha (docs/METHOD.md section 4.2); channel 0 is bg, channel i+1 is ``cams[i]``.
+    bg = (1 - max_k M_k)^alpha (docs/METHOD.md section 4.2); channel 0 is bg, channel i+1 is
+    ``cams[i]``. With K = 0 the result is the single background channel, all ones. The one
+    definition of the background score, for the CRF of stage 1 and the random walk of stage 2.
     """
     cams = np.asarray(cams, dtype=np.float32)
+    if cams.shape[0] == 0:
+        return np.ones((1,) + cams.shape[1:], np.float32)
     bg = np.power(1.0 - cams.max(0), alpha, dtype=np.float32)
     return np.concatenate([bg[None], cams], 0)
 
@@ -110,7 +116,7 @@ def _cam_inputs(image_uint8, keys, cams):
     if image_uint8.ndim != 3 or cams.shape[1:] != image_uint8.shape[:2]:
         raise ValueError(f"crf_from_cam: cams spatial size {cams.shape[1:]} differs from image "
                          f"{image_uint8.shape[:2]}")
-    return image_uint8, keys, cams, np.concatenate([[0], keys + 1]).astype(np.int64)
+    return image_uint8, keys, cams, channel_class_ids(keys)
 
 
 def crf_from_cam(image_uint8: np.ndarray, keys, cams: np.ndarray, alpha: float,
@@ -141,7 +147,3 @@ def crf_from_cam_alphas(image_uint8: np.ndarray, keys, cams: np.ndarray, alphas,
         return [(crf_keys, ones.copy()) for _ in alphas]
     probs = dense_crf_many(image_uint8, [cam_bg_fg_scores(cams, a) for a in alphas], **crf_kwargs)
     return [(crf_keys, p) for p in probs]
-
-
-# Name used in docs/ARCHITECTURE.md.
-crf_inference_from_cam = crf_from_cam

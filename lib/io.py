@@ -122,44 +122,58 @@ def voc_palette() -> np.ndarray:
 _PALETTE = voc_palette().reshape(-1).tolist()
 
 
+def _save_maps(path, keys, maps, name: str) -> None:
+    """Write a score-map artifact: ``keys`` int64 (K,) and ``<name>`` float32 (K, H, W)."""
+    keys = np.asarray(keys, np.int64).reshape(-1)
+    maps = np.asarray(maps, np.float32)
+    if maps.ndim != 3 or maps.shape[0] != keys.shape[0]:
+        raise ValueError(f"{path}: {name} shape {maps.shape} does not match {keys.shape[0]} keys")
+    check_finite_output(maps, str(path))
+    _save_npz(path, **{"keys": keys, name: maps})
+
+
+def _load_maps(path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read and check a score-map artifact: (keys (K,) int64, ``<name>`` (K, H, W) float32)."""
+    keys, maps = _load_npz(path, ("keys", name))
+    if maps.ndim != 3 or keys.ndim != 1 or maps.shape[0] != keys.shape[0]:
+        raise UserError(f"{path}: {name} shape {maps.shape} does not match {keys.shape[0]} keys")
+    _check_keys(path, keys)
+    check_scores(path, name, maps)
+    return keys.astype(np.int64), maps.astype(np.float32, copy=False)
+
+
 def save_cam(path, keys, cams) -> None:
     """Save a stage-1 CAM artifact. ``keys`` (K,) foreground ids, ``cams`` (K, H, W) in [0, 1]."""
-    keys = np.asarray(keys, np.int64).reshape(-1)
-    cams = np.asarray(cams, np.float32)
-    if cams.ndim != 3 or cams.shape[0] != keys.shape[0]:
-        raise ValueError(f"{path}: cams shape {cams.shape} does not match {keys.shape[0]} keys")
-    check_finite_output(cams, str(path))
-    _save_npz(path, keys=keys, cams=cams)
+    _save_maps(path, keys, cams, "cams")
 
 
 def load_cam(path) -> tuple[np.ndarray, np.ndarray]:
     """Load a CAM artifact: (keys (K,) int64, cams (K, H, W) float32)."""
-    keys, cams = _load_npz(path, ("keys", "cams"))
-    if cams.ndim != 3 or keys.ndim != 1 or cams.shape[0] != keys.shape[0]:
-        raise UserError(f"{path}: cams shape {cams.shape} does not match {keys.shape[0]} keys")
-    _check_keys(path, keys)
-    check_scores(path, "cams", cams)
-    return keys.astype(np.int64), cams.astype(np.float32, copy=False)
+    return _load_maps(path, "cams")
 
 
 def save_crf(path, keys, probs) -> None:
     """Save a CRF artifact. ``keys`` (K+1,) with 0 = background, k+1 = class k; ``probs`` (K+1, H, W)."""
-    keys = np.asarray(keys, np.int64).reshape(-1)
-    probs = np.asarray(probs, np.float32)
-    if probs.ndim != 3 or probs.shape[0] != keys.shape[0]:
-        raise ValueError(f"{path}: probs shape {probs.shape} does not match {keys.shape[0]} keys")
-    check_finite_output(probs, str(path))
-    _save_npz(path, keys=keys, probs=probs)
+    _save_maps(path, keys, probs, "probs")
 
 
 def load_crf(path) -> tuple[np.ndarray, np.ndarray]:
     """Load a CRF artifact: (keys (K+1,) int64 with 0 = background, probs (K+1, H, W) float32)."""
-    keys, probs = _load_npz(path, ("keys", "probs"))
-    if probs.ndim != 3 or keys.ndim != 1 or probs.shape[0] != keys.shape[0]:
-        raise UserError(f"{path}: probs shape {probs.shape} does not match {keys.shape[0]} keys")
-    _check_keys(path, keys)
-    check_scores(path, "probs", probs)
-    return keys.astype(np.int64), probs.astype(np.float32, copy=False)
+    return _load_maps(path, "probs")
+
+
+def channel_class_ids(keys) -> np.ndarray:
+    """Class id of each channel of a [background, present classes] stack: (K,) foreground ids
+    -> (K+1,) int64 ``[0, k_1+1, ..., k_K+1]`` (the CRF artifact's ``keys``)."""
+    return np.concatenate([[0], np.asarray(keys, np.int64).reshape(-1) + 1]).astype(np.int64)
+
+
+def scores_to_label(scores, keys) -> np.ndarray:
+    """(H, W) uint8 class ids of the argmax channel of (K+1, H, W) scores (numpy or torch) over
+    [background, the classes ``keys``]."""
+    idx = scores.argmax(0)
+    idx = idx.cpu().numpy() if hasattr(idx, "cpu") else idx
+    return channel_class_ids(keys).astype(np.uint8)[idx]
 
 
 def cam_to_label(keys, cams, bg_threshold: float | None = None, shape=None) -> np.ndarray:
@@ -176,10 +190,7 @@ def cam_to_label(keys, cams, bg_threshold: float | None = None, shape=None) -> n
         return np.zeros((h, w), np.uint8)
     bg = np.full(cams.shape[1:], bg_threshold, np.float32) if bg_threshold is not None \
         else 1.0 - cams.sum(0)
-    scores = np.concatenate([bg[None], cams], 0)
-    idx = scores.argmax(0)
-    lut = np.concatenate([[0], keys + 1]).astype(np.uint8)
-    return lut[idx]
+    return scores_to_label(np.concatenate([bg[None], cams], 0), keys)
 
 
 def crf_to_label(keys, probs) -> np.ndarray:

@@ -15,18 +15,10 @@ beta = 8, logt = 6 (T^64). Two equivalent evaluations:
   v <- v @ T, i.e. 64 sparse-dense products of O(nnz * (C+1)); nnz = 2 * 34 + 1 per interior
   pixel for r = 5 (159,429 ~ 54 n on the 63x47 map, fewer pairs near the borders).
 
-``'auto'`` picks the faster measured path for the device. Measured with
-``python -m tools.bench_random_walk`` (63x47 map, 448 channels, torch 2.14 CPU build, 2 intra-op
-threads on a 2-core machine shared with other jobs, so medians are noisy; best of 5):
-
-    C+1 = 21: dense 3.4 s/image, sparse 0.05 s/image (walk from pair affinities)
-    C+1 = 3:  dense 3.4 s/image, sparse 0.04 s/image
-    from features (adds the 448-channel pair affinities, ~0.15-0.4 s): dense 4.2-5.4 s,
-    sparse 0.2-0.45 s; max |dense - sparse| / max = 7e-7 (21 ch), 2e-6 (3 ch)
-
-so 'auto' = 'sparse' on the CPU. No GPU was available for measuring; on CUDA 'auto' keeps the
-original dense path (a few large GEMMs vs 64 small sequential sparse kernels) -- re-measure with
-``python -m tools.bench_random_walk --device cuda`` before relying on that choice.
+``'auto'`` picks 'sparse' on the CPU (much faster than 'dense' there, equal to ~1e-6) and
+keeps the original 'dense' on CUDA (a few large GEMMs vs 64 small sequential sparse kernels);
+the measurements are in docs/PERFORMANCE.md (``python -m tools.bench_random_walk [--device
+cuda]``).
 """
 from __future__ import annotations
 
@@ -37,14 +29,17 @@ import torch
 import torch.nn.functional as F
 
 from lib.affinity import neighbour_pairs, pair_affinity
+from lib.crf import cam_bg_fg_scores
+from lib.io import scores_to_label
 
 __all__ = [
     "affinity_matrix",
     "affinity_matrix_from_pairs",
     "transition_matrix",
     "random_walk",
+    "random_walk_scores",
     "random_walk_labels",
-    "cams_with_background",
+    "padded_size",
 ]
 
 METHODS = ("auto", "dense", "sparse")
@@ -130,7 +125,7 @@ def _resolve_method(method: str, device: torch.device) -> str:
     if method not in METHODS:
         raise ValueError(f"random_walk: method must be one of {METHODS}, got {method!r}")
     if method == "auto":
-        # See the module docstring for the measurements behind this choice.
+        # The module docstring says why (measurements: docs/PERFORMANCE.md).
         return "dense" if device.type == "cuda" else "sparse"
     return method
 
@@ -193,52 +188,70 @@ def _walk(cams, aff, k, h, w, beta, logt, radius, method) -> torch.Tensor:
     return rw.reshape(k, h, w)
 
 
-def cams_with_background(cams: torch.Tensor, alpha: float = 6) -> torch.Tensor:
-    """(K, H, W) foreground CAMs -> (K+1, H, W) with bg = (1 - max_k M_k)^alpha in channel 0."""
-    if cams.shape[0] == 0:
-        return torch.ones((1,) + tuple(cams.shape[1:]), dtype=cams.dtype, device=cams.device)
-    bg = (1 - cams.amax(0, keepdim=True)).pow(alpha)
-    return torch.cat([bg, cams], 0)
+STRIDE = 8  # AffinityNet's feature stride: the walk runs on the (ceil(H/8), ceil(W/8)) map
+
+
+def padded_size(H: int, W: int) -> tuple[int, int]:
+    """(Hp, Wp) = (8 ceil(H/8), 8 ceil(W/8)): the image is zero-padded bottom/right to this (PSA)."""
+    return -(-H // STRIDE) * STRIDE, -(-W // STRIDE) * STRIDE
+
+
+def random_walk_scores(cams_fullres, features: torch.Tensor, alpha: float = 6, beta: float = 8,
+                       logt: int = 6, radius: int = 5, method: str = "auto") -> torch.Tensor:
+    """Random-walk scores of one image at full resolution (docs/METHOD.md section 5.5), the
+    chain after the network.
+
+    The caller pads the image (H, W) to (Hp, Wp) = :func:`padded_size` and runs AffinityNet on
+    it. Here: scores = [(1 - max_k M_k)^alpha, M_1..M_K] (``lib.crf.cam_bg_fg_scores``) at full
+    resolution, zero-padded to (Hp, Wp); 8x8 average pooling -> (K+1, Hp/8, Wp/8);
+    :func:`random_walk`; bilinear upsampling (align_corners=False) to (Hp, Wp); crop to (H, W).
+
+    Args:
+        cams_fullres: (K, H, W) CAMs in [0, 1] (numpy or tensor), K >= 0.
+        features: (D, Hp/8, Wp/8) AffinityNet features of the padded image, or its (P,) pair
+            affinities.
+    Returns:
+        (K+1, H, W) scores (channel 0 background, channel i+1 = class ``keys[i]``), in the
+        features' floating dtype (float32 for pair indices), on their device.
+    """
+    cams = cams_fullres.detach().cpu().numpy() if torch.is_tensor(cams_fullres) else cams_fullres
+    cams = np.asarray(cams)
+    if cams.ndim != 3:
+        raise ValueError(f"random_walk_scores: cams must be (K, H, W), got {cams.shape}")
+    H, W = cams.shape[1:]
+    Hp, Wp = padded_size(H, W)
+    h, w = Hp // STRIDE, Wp // STRIDE
+    if features.dim() == 3 and tuple(features.shape[1:]) != (h, w):
+        raise ValueError(f"random_walk_scores: features {tuple(features.shape)} do not match a "
+                         f"{H}x{W} image padded to a multiple of {STRIDE} ({h}x{w})")
+    dtype = features.dtype if features.is_floating_point() else torch.float32
+    scores = torch.from_numpy(cam_bg_fg_scores(cams, alpha)).to(device=features.device, dtype=dtype)
+    pooled = F.avg_pool2d(F.pad(scores, (0, Wp - W, 0, Hp - H))[None], STRIDE, STRIDE)[0]
+    rw = random_walk(pooled, features, beta=beta, logt=logt, radius=radius, method=method)
+    up = F.interpolate(rw[None], size=(Hp, Wp), mode="bilinear", align_corners=False)[0]
+    return up[:, :H, :W]
 
 
 def random_walk_labels(image_shape, cams_fullres, keys, features: torch.Tensor, alpha: float = 6,
                        beta: float = 8, logt: int = 6, radius: int = 5,
                        method: str = "auto") -> np.ndarray:
-    """Random-walk label map of one image (docs/METHOD.md section 5.5), the chain after the network.
-
-    The caller pads the image to (8h, 8w), h = ceil(H/8), w = ceil(W/8), and runs AffinityNet
-    on it. Here: scores = [(1 - max_k M_k)^alpha, M_1..M_K] at full resolution, zero-padded to
-    (8h, 8w); 8x8 average pooling -> (K+1, h, w); :func:`random_walk`; bilinear upsampling
-    (align_corners=False) to (8h, 8w); crop to (H, W); argmax; channel -> class id via
-    [0, keys+1].
+    """Random-walk label map of one image: the argmax of :func:`random_walk_scores`, channel ->
+    class id via [0, keys+1] (``lib.io.scores_to_label``); all background when K = 0.
 
     Args:
         image_shape: (H, W) of the unpadded image.
         cams_fullres: (K, H, W) CAMs in [0, 1] (numpy or tensor), K = 0 allowed.
         keys: (K,) foreground class indices 0..C-1.
-        features: (D, h, w) AffinityNet features of the padded image, or its (P,) pair affinities
-            (then h, w are taken as ceil(H/8), ceil(W/8)).
+        features: as :func:`random_walk_scores`.
     Returns:
         (H, W) uint8 class ids (0 background, k+1 class k).
     """
     H, W = (int(s) for s in image_shape[:2])
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
-    cams = torch.as_tensor(np.asarray(cams_fullres) if not isinstance(cams_fullres, torch.Tensor)
-                           else cams_fullres)
-    if cams.dim() != 3 or cams.shape[0] != keys.shape[0] or tuple(cams.shape[1:]) != (H, W):
-        raise ValueError(f"random_walk_labels: cams {tuple(cams.shape)} must be ({keys.shape[0]}, {H}, {W})")
+    if tuple(cams_fullres.shape) != (keys.shape[0], H, W):
+        raise ValueError(f"random_walk_labels: cams {tuple(cams_fullres.shape)} must be "
+                         f"({keys.shape[0]}, {H}, {W})")
     if keys.shape[0] == 0:
         return np.zeros((H, W), np.uint8)
-    h, w = -(-H // 8), -(-W // 8)
-    if features.dim() == 3 and tuple(features.shape[1:]) != (h, w):
-        raise ValueError(f"random_walk_labels: features {tuple(features.shape)} do not match a "
-                         f"{H}x{W} image padded to a multiple of 8 ({h}x{w})")
-    dtype = features.dtype if features.is_floating_point() else torch.float32
-    scores = cams_with_background(cams.to(device=features.device, dtype=dtype), alpha)
-    scores = F.pad(scores, (0, 8 * w - W, 0, 8 * h - H))
-    pooled = F.avg_pool2d(scores[None], 8, 8)[0]
-    rw = random_walk(pooled, features, beta=beta, logt=logt, radius=radius, method=method)
-    up = F.interpolate(rw[None], size=(8 * h, 8 * w), mode="bilinear", align_corners=False)[0]
-    idx = up[:, :H, :W].argmax(0).cpu().numpy()
-    lut = np.concatenate([[0], keys + 1]).astype(np.uint8)
-    return lut[idx]
+    scores = random_walk_scores(cams_fullres, features, alpha, beta, logt, radius, method)
+    return scores_to_label(scores, keys)

@@ -485,6 +485,17 @@ class TrainingRun:
                            f"training diverged; nothing was saved after the last state "
                            f"(--save_every) (try a lower --lr)")
 
+    def optimizer_step(self, step: int, model, optimizer, loss: torch.Tensor,
+                       parts: dict[str, float]) -> None:
+        """One training step after the forward pass: stop on a non-finite loss
+        (:meth:`check_loss`), back-propagate ``loss``, step the optimiser, then log ``parts`` with
+        the learning rate and save the periodic state (:meth:`after_step`)."""
+        self.check_loss(step, loss, parts)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        self.after_step(step, model, optimizer, {**parts, "lr": optimizer.param_groups[0]["lr"]})
+
     def save_state(self, model, optimizer, step: int) -> None:
         rng = gather_rng_states(self.device, self.generators)  # collective: every rank
         if dist.is_main():
@@ -508,6 +519,27 @@ class TrainingRun:
                   f"{self.logger.images_per_second(step):.1f} img/s)")
         dist.barrier()
         dist.cleanup()
+
+
+def prepare_weak_stage(model, args: argparse.Namespace, desc: str, num_images: int):
+    """The model and optimiser set-up stages 1 and 2 share (``add_weak_stage_args`` flags).
+
+    ImageNet ``--weights`` into the trunk (or random initialisation), ``--no-dropout``,
+    ``--channels_last``; max_step = ``--max_steps`` or the original's (N // batch) x epochs; the
+    poly optimiser over the model's four parameter groups. Returns (model, optimizer, max_step).
+    """
+    from lib.models import disable_dropout
+    from lib.optim import build_optimizer
+
+    load_backbone_weights(model, args.weights, desc)
+    if not args.dropout:
+        disable_dropout(model)
+    model = channels_last(model, args.channels_last)
+    max_step = args.max_steps or steps_per_epoch(num_images, args.batch_size) * args.max_epoches
+    optimizer = build_optimizer(args.optimizer, model.param_groups(), lr=args.lr,
+                                weight_decay=args.wt_dec, max_step=max_step,
+                                momentum=args.momentum, lr_mults=args.lr_mults)
+    return model, optimizer, max_step
 
 
 def load_backbone_weights(model, weights: str | None, desc: str) -> str | None:

@@ -20,16 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
-
-from lib import dist
 from lib.crf import crf_from_cam_alphas
 from lib.datasets import MultiScaleInferenceDataset, resolve_list
-from lib.errors import check_args, check_writable_dir, run_main
+from lib.errors import check_args, run_main
+from lib.inference import InferenceRun
 from lib.io import load_cls_labels, save_cam, save_crf
 from lib.models import build_model
-from lib.pool import BoundedPool
-from lib.weights import load_weights_into
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -122,48 +118,34 @@ def _crf_job(job) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rank, world, device = dist.setup_distributed(args.device)
+    run = InferenceRun("infer_cam", args.device, args.threads)
     layout, all_ids = resolve_list(args.dataset, args.voc12_root, args.infer_list)
     cls_labels = load_cls_labels(args.cls_labels or layout.cls_labels_path())
     out_cam = Path(args.out_cam)
     crf_dirs = {a: Path(args.out_crf) / f"alpha_{a:.1f}" for a in args.crf_alphas} if args.out_crf else {}
-
-    def outputs(i):
-        return [out_cam / f"{i}.npz", *[d / f"{i}.npz" for d in crf_dirs.values()]]
-
-    for d in [out_cam, *crf_dirs.values()]:
-        check_writable_dir(d)
-    ids = dist.shard(all_ids, rank, world)
-    todo = [i for i in ids if args.overwrite or not all(p.exists() for p in outputs(i))]
-    if dist.is_main():
-        print(f"infer_cam: {len(ids) - len(todo)} of {len(ids)} images already done"
-              + (" (rank 0)" if world > 1 else ""))
+    todo = run.select(all_ids, lambda i: [out_cam / f"{i}.npz",
+                                          *[d / f"{i}.npz" for d in crf_dirs.values()]],
+                      args.overwrite)
     if todo:
         # The dataset first: it checks that every image exists before the model is loaded.
         dataset = MultiScaleInferenceDataset(layout, cls_labels, scales=tuple(args.scales),
                                              flip=not args.no_flip, ids=todo)
-        model = build_model("cam", num_classes=layout.num_classes, width=args.backbone_width)
-        load_weights_into(model, args.weights)
-        model.to(device).eval()
-        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=args.num_workers)
+        model = run.load_model(build_model("cam", num_classes=layout.num_classes,
+                                           width=args.backbone_width), args.weights)
         workers = args.crf_workers if crf_dirs else 0
-        with BoundedPool(workers, max_pending=4 * workers) as pool:
-            for item in tqdm(loader, total=len(dataset), desc="infer_cam", disable=not dist.is_main()):
+        with run.pool(workers, max_pending=4 * workers) as pool:
+            for item in run.progress(run.loader(dataset, args.num_workers), len(todo)):
                 image = item["image_uint8"]
-                image = image.numpy() if torch.is_tensor(image) else image
-                label = torch.as_tensor(item["label"], dtype=torch.float32, device=device)
-                mean_cam = multiscale_cam(model, [x.to(device) for x in item["images"]], label,
+                label = item["label"].to(run.device)
+                mean_cam = multiscale_cam(model, [x.to(run.device) for x in item["images"]], label,
                                           image.shape[:2], flip=not args.no_flip,
                                           source=args.cam_source)
                 keys, cams = normalise_cams(mean_cam, label, args.cam_power)
                 save_cam(out_cam / f"{item['id']}.npz", keys, cams)
                 if crf_dirs:
-                    pool.submit(_crf_job, (np.ascontiguousarray(image), keys, cams,
+                    pool.submit(_crf_job, (image, keys, cams,
                                            [(a, d / f"{item['id']}.npz") for a, d in crf_dirs.items()]))
-    dist.barrier()
-    dist.cleanup()
+    run.finish()
 
 
 if __name__ == "__main__":

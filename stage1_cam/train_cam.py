@@ -25,12 +25,10 @@ from lib.losses.classification import classification_loss
 from lib.losses.feature_similarity import feature_similarity_loss, fsl_image
 from lib.losses.seam import (equivariant_cross_regularization_loss,
                              equivariant_regularization_loss)
-from lib.models import build_model, disable_dropout
-from lib.optim import build_optimizer
+from lib.models import build_model
 from lib.training import (TrainingRun, add_common_train_args, add_weak_stage_args, autocast,
-                          channels_last, check_train_args, iterate_steps,
-                          load_backbone_weights, make_loader,
-                          steps_per_epoch)
+                          channels_last, check_train_args, iterate_steps, make_loader,
+                          prepare_weak_stage)
 
 VIEW2_SCALE = 0.3  # SEAM's second view: the crop downscaled by 0.3
 FSL_WEIGHT = 0.5
@@ -136,14 +134,7 @@ def main(argv=None) -> None:
 
     model = build_model("cam", num_classes=layout.num_classes, width=args.backbone_width,
                         freeze=args.frozen_bn)
-    load_backbone_weights(model, args.weights, "train_cam")
-    if not args.dropout:
-        disable_dropout(model)
-    model = channels_last(model, args.channels_last)
-    max_step = args.max_steps or steps_per_epoch(len(dataset), args.batch_size) * args.max_epoches
-    optimizer = build_optimizer(args.optimizer, model.param_groups(), lr=args.lr,
-                                weight_decay=args.wt_dec, max_step=max_step,
-                                momentum=args.momentum, lr_mults=args.lr_mults)
+    model, optimizer, max_step = prepare_weak_stage(model, args, "train_cam", len(dataset))
     sample_gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + rank)
     run = TrainingRun(args, "train_cam", args.batch_size, max_step)
     model, start = run.start(model, optimizer, device, world, {"num_images": len(dataset)},
@@ -156,11 +147,7 @@ def main(argv=None) -> None:
         with autocast(args.amp, device):
             loss, parts = stage1_loss(model, img, label, args, generator=sample_gen,
                                       loss_weight=loss_weight_at(step, args))
-        run.check_loss(step, loss, parts)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        run.after_step(step, model, optimizer, {**parts, "lr": optimizer.param_groups[0]["lr"]})
+        run.optimizer_step(step, model, optimizer, loss, parts)
     run.finish(model, optimizer, step)
 
 

@@ -25,21 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from lib import dist
 from lib.crf import dense_crf
-from lib.datasets import resolve_list
-from lib.datasets.affinity_dataset import POOL
+from lib.datasets import InferenceDataset, resolve_list
 from lib.datasets.layout import check_files_exist
-from lib.datasets.datasets import load_image
-from lib.datasets.transforms import Normalize, to_chw_tensor
-from lib.errors import UserError, check_args, check_writable_dir, run_main
-from lib.io import check_finite_output, load_cam, save_label_png
+from lib.errors import UserError, check_args, run_main
+from lib.inference import InferenceRun
+from lib.io import check_finite_output, load_cam, save_label_png, scores_to_label
 from lib.models import build_model
-from lib.random_walk import METHODS, cams_with_background, random_walk
-from lib.weights import load_weights_into
+from lib.random_walk import METHODS, padded_size, random_walk_scores
 
 RADIUS = 5
 
@@ -76,110 +70,80 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-class _Images(Dataset):
-    """(id, uint8 image (H, W, 3), normalised (3, H, W), CAM keys (K,), CAMs (K, H, W))."""
+class _ImagesAndCams(InferenceDataset):
+    """InferenceDataset items plus the image's stage-1 CAMs: "keys" (K,), "cams" (K, H, W)."""
 
     def __init__(self, layout, ids, cam_dir: Path):
-        self.layout, self.ids, self.cam_dir = layout, ids, cam_dir
-        self.normalize = Normalize()
-
-    def __len__(self) -> int:
-        return len(self.ids)
+        super().__init__(layout, ids)
+        self.cam_dir = cam_dir
+        check_files_exist([cam_dir / f"{i}.npz" for i in self.ids], "CAM file")
 
     def __getitem__(self, i):
-        image_id = self.ids[i]
-        path = self.layout.image_path(image_id)
-        image = load_image(path)
-        cam_path = self.cam_dir / f"{image_id}.npz"
-        if not cam_path.is_file():
-            raise FileNotFoundError(f"infer_aff: CAM file {cam_path} does not exist")
+        item = super().__getitem__(i)
+        cam_path = self.cam_dir / f"{item['id']}.npz"
         keys, cams = load_cam(cam_path)
-        if cams.shape[1:] != image.shape[:2]:
-            raise UserError(f"{cam_path}: CAMs {cams.shape} do not match image {path} "
-                             f"of size {image.shape[:2]}")
-        return {"id": image_id, "image_uint8": image, "image": to_chw_tensor(self.normalize(image)),
-                "keys": keys, "cams": cams}
-
-
-def _first(batch):
-    return batch[0]
+        if cams.shape[1:] != item["image_uint8"].shape[:2]:
+            raise UserError(f"{cam_path}: CAMs {cams.shape} do not match image "
+                            f"{self.layout.image_path(item['id'])} of size "
+                            f"{item['image_uint8'].shape[:2]}")
+        return {**item, "keys": keys, "cams": cams}
 
 
 @torch.no_grad()
-def rw_scores(model, image: torch.Tensor, cams: torch.Tensor, alpha: float, beta: float,
+def rw_scores(model, image: torch.Tensor, cams, alpha: float, beta: float,
               logt: int, method: str = "auto", upscale: int = 1) -> torch.Tensor:
-    """Random-walk scores at full resolution (module docstring).
+    """Random-walk scores at full resolution (module docstring): AffinityNet on the padded
+    image, then ``lib.random_walk.random_walk_scores``.
 
-    image: (3, H, W) normalised; cams: (K, H, W) in [0, 1], K >= 1.
+    image: (3, H, W) normalised; cams: (K, H, W) in [0, 1], K >= 1 (numpy or tensor).
     upscale: walk on the image and CAMs bilinearly enlarged by this factor (the grid becomes
-    upscale x finer: an output stride of 8 / upscale), then bring the scores back to (H, W);
-    1 = the paper.
+    upscale x finer: an output stride of 8 / upscale), then area-average the scores back to
+    (H, W); 1 = the paper.
     Returns (K+1, H, W) float32 scores, channel 0 background, channel i+1 = cams[i].
     """
     _, H0, W0 = image.shape
     if upscale != 1:
         size = (H0 * upscale, W0 * upscale)
         image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-        cams = F.interpolate(cams[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+        cams = torch.as_tensor(np.asarray(cams), dtype=torch.float32)
+        cams = F.interpolate(cams[None], size=size, mode="bilinear", align_corners=False)[0]
     _, H, W = image.shape
-    Hp, Wp = -(-H // POOL) * POOL, -(-W // POOL) * POOL
+    Hp, Wp = padded_size(H, W)
     x = F.pad(image, (0, Wp - W, 0, Hp - H))[None]  # zeros bottom/right, as PSA
     feats = model.forward_features(x)[0].float()
-    h, w = Hp // POOL, Wp // POOL
-    if feats.shape[1:] != (h, w):
-        raise RuntimeError(f"infer_aff: features {tuple(feats.shape)} are not at stride 8 of {Hp}x{Wp}")
-    s = cams_with_background(cams.to(feats.device, torch.float32), alpha)
-    s = F.avg_pool2d(F.pad(s, (0, Wp - W, 0, Hp - H))[None], POOL, POOL)[0]
-    rw = random_walk(s, feats, beta=beta, logt=logt, radius=RADIUS, method=method)
-    up = F.interpolate(rw[None], size=(Hp, Wp), mode="bilinear", align_corners=False)[0]
-    up = up[:, :H, :W]
+    scores = random_walk_scores(cams, feats, alpha, beta, logt, RADIUS, method)
     if upscale != 1:
-        up = F.interpolate(up[None], size=(H0, W0), mode="area")[0]
-    return up
+        scores = F.interpolate(scores[None], size=(H0, W0), mode="area")[0]
+    return scores
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rank, world, device = dist.setup_distributed(args.device)
+    run = InferenceRun("infer_aff", args.device, args.threads)
     layout, all_ids = resolve_list(args.dataset, args.voc12_root, args.infer_list)
     out = Path(args.out_rw)
     cam_dir = Path(args.cam_dir)
     if not cam_dir.is_dir():
         raise UserError(f"{cam_dir}: --cam_dir is not a directory")
-    check_writable_dir(out)
-    ids = dist.shard(all_ids, rank, world)
-    todo = [i for i in ids if args.overwrite or not (out / f"{i}.png").is_file()]
-    if dist.is_main():
-        print(f"infer_aff: {len(ids) - len(todo)} of {len(ids)} images already done"
-              + (" (rank 0)" if world > 1 else ""))
+    todo = run.select(all_ids, lambda i: [out / f"{i}.png"], args.overwrite)
     if todo:
-        check_files_exist([layout.image_path(i) for i in todo], "image")
-        check_files_exist([cam_dir / f"{i}.npz" for i in todo], "CAM file")
-        model = build_model("aff", width=args.backbone_width)
-        load_weights_into(model, args.weights)
-        model.to(device).eval()
-        loader = DataLoader(_Images(layout, todo, cam_dir), batch_size=1, collate_fn=_first,
-                            num_workers=args.workers)
-        for item in tqdm(loader, total=len(todo), desc="infer_aff", disable=not dist.is_main()):
+        dataset = _ImagesAndCams(layout, todo, cam_dir)  # every image and CAM file exists
+        model = run.load_model(build_model("aff", width=args.backbone_width), args.weights)
+        for item in run.progress(run.loader(dataset, args.workers), len(todo)):
             keys, cams = item["keys"], item["cams"]
-            H, W = item["image_uint8"].shape[:2]
-            if keys.shape[0] == 0:
-                label = np.zeros((H, W), np.uint8)  # no class: the walk would give background
+            if keys.shape[0] == 0:  # no class: the walk would give background
+                label = np.zeros(item["image_uint8"].shape[:2], np.uint8)
             else:
-                scores = rw_scores(model, item["image"].to(device), torch.from_numpy(cams),
-                                   args.alpha, args.beta, args.logt, args.method, args.upscale)
+                scores = rw_scores(model, item["image"].to(run.device), cams, args.alpha,
+                                   args.beta, args.logt, args.method, args.upscale)
                 if args.crf:
                     p = scores / scores.sum(0, keepdim=True).clamp_min(1e-5)
                     scores = torch.from_numpy(dense_crf(item["image_uint8"], p.cpu().numpy(),
                                                         n_iter=args.crf_iters))
                 check_finite_output(scores, f"{out / item['id']}.png (image {item['id']})")
-                lut = np.concatenate([[0], keys + 1]).astype(np.uint8)
-                label = lut[scores.argmax(0).cpu().numpy()]
+                label = scores_to_label(scores, keys)
             save_label_png(out / f"{item['id']}.png", label)
-    dist.barrier()
-    dist.cleanup()
+    run.finish()
 
 
 if __name__ == "__main__":

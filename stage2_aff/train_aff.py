@@ -30,12 +30,10 @@ from lib.affinity import extract_pair_labels
 from lib.datasets import AffinityDataset, resolve_list
 from lib.errors import UserError, check_writable_dir, run_main
 from lib.losses.affinity import affinity_loss
-from lib.models import build_model, disable_dropout
-from lib.optim import build_optimizer
+from lib.models import build_model
 from lib.training import (TrainingRun, add_common_train_args, add_weak_stage_args, autocast,
-                          channels_last, check_train_args, iterate_steps,
-                          load_backbone_weights, make_loader,
-                          steps_per_epoch)
+                          channels_last, check_train_args, iterate_steps, make_loader,
+                          prepare_weak_stage)
 
 RADIUS = 5  # PSA's pair radius at stride 8
 
@@ -90,14 +88,7 @@ def main(argv=None) -> None:
     loader, sampler = make_loader(dataset, args.batch_size, rank, world, args.seed, args.num_workers)
 
     model = build_model("aff", width=args.backbone_width, freeze=args.frozen_bn)
-    load_backbone_weights(model, args.weights, "train_aff")
-    if not args.dropout:
-        disable_dropout(model)
-    model = channels_last(model, args.channels_last)
-    max_step = args.max_steps or steps_per_epoch(len(dataset), args.batch_size) * args.max_epoches
-    optimizer = build_optimizer(args.optimizer, model.param_groups(), lr=args.lr,
-                                weight_decay=args.wt_dec, max_step=max_step,
-                                momentum=args.momentum, lr_mults=args.lr_mults)
+    model, optimizer, max_step = prepare_weak_stage(model, args, "train_aff", len(dataset))
     run = TrainingRun(args, "train_aff", args.batch_size, max_step)
     model, start = run.start(model, optimizer, device, world, {"num_images": len(dataset)})
     model.train()  # the network keeps its BatchNorm frozen (eval mode) itself
@@ -112,11 +103,7 @@ def main(argv=None) -> None:
             raise RuntimeError(f"train_aff: network gives affinities {tuple(aff.shape)} but the "
                                f"{tuple(label.shape[-2:])} label map has {tuple(bg.shape)} pairs")
         loss, logged = pair_loss(aff, bg, fg, neg)
-        run.check_loss(step, loss, logged)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        run.after_step(step, model, optimizer, {**logged, "lr": optimizer.param_groups[0]["lr"]})
+        run.optimizer_step(step, model, optimizer, loss, logged)
     run.finish(model, optimizer, step)
 
 

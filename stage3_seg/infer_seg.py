@@ -36,9 +36,15 @@ import torch.nn.functional as F
 
 from lib import dist
 from lib.config import add_config_args, coerce_value, config_from_args, load_config
+from lib.crf import dense_crf
+from lib.datasets import InferenceDataset, get_layout
+from lib.datasets.layout import check_files_exist
 from lib.errors import UserError, check_args, check_writable_dir, run_main
+from lib.evaluation import evaluate_dir, format_results, save_results_json
+from lib.inference import InferenceRun
 from lib.io import check_finite_output, read_list, save_label_png
-from lib.pool import BoundedPool
+from lib.models import build_model
+from lib.training import autocast
 
 
 def _logits_of(out) -> torch.Tensor:
@@ -89,8 +95,6 @@ def probs_to_label(probs: np.ndarray, image_uint8: np.ndarray | None = None,
     """Label map (H, W) uint8 = argmax_k of P (K, H, W), or of dense_crf(image, P) with ``use_crf``."""
     probs = np.asarray(probs, np.float32)
     if use_crf:
-        from lib.crf import dense_crf
-
         if image_uint8 is None:
             raise ValueError("the CRF needs the uint8 image")
         probs = dense_crf(image_uint8, probs)
@@ -101,17 +105,6 @@ def _finish(out_path: str, probs: np.ndarray, image_uint8: np.ndarray, use_crf: 
     """Worker task: post-process one image and write its PNG (atomically)."""
     save_label_png(out_path, probs_to_label(probs, image_uint8, use_crf))
     return out_path
-
-
-def load_image(path: Path) -> tuple[np.ndarray, torch.Tensor]:
-    """(H, W, 3) uint8 RGB and its normalised (1, 3, H, W) float32 tensor."""
-    from lib.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from lib.io import load_image as load_rgb
-
-    rgb = load_rgb(path)  # writable: pydensecrf rejects read-only buffers
-    x = (rgb.astype(np.float32) / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) \
-        / np.asarray(IMAGENET_STD, np.float32)
-    return rgb, torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -187,74 +180,48 @@ def resolve_config(args: argparse.Namespace) -> dict:
     return cfg
 
 
-def load_model(cfg: dict, weights: str, device: torch.device) -> nn.Module:
-    from lib.models import build_model
-    from lib.checkpoint import CheckpointError
-    from lib.weights import load_weights_into
-
-    model = build_model("deeplabv1", num_classes=cfg["NUM_CLASSES"] - 1, width=cfg["BACKBONE_WIDTH"])
-    try:
-        load_weights_into(model, weights)  # names the keys and shapes that do not fit
-    except CheckpointError as e:
-        raise CheckpointError(f"{e} (DeepLab-v1 built with NUM_CLASSES={cfg['NUM_CLASSES']}, "
-                              f"BACKBONE_WIDTH={cfg['BACKBONE_WIDTH']})") from None
-    return model.to(device).eval()
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = resolve_config(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rank, world, device = dist.setup_distributed(args.device)
-
-    from lib.datasets import get_layout
-    from lib.datasets.layout import check_files_exist
-    from lib.training import autocast
-
+    run = InferenceRun("infer_seg", args.device, args.threads)
     split = args.split or cfg["VAL_SPLIT"]
     layout = get_layout(cfg["DATASET"], cfg["DATA_ROOT"], split)
     ids = read_list(args.list) if args.list else layout.ids()  # UserError when empty
 
-    out_dir = check_writable_dir(args.out_dir)
+    out_dir = Path(args.out_dir)
+    todo = run.select(ids, lambda i: [out_dir / f"{i}.png"], args.overwrite)
     if args.out_json:
         check_writable_dir(Path(args.out_json).parent, "folder of --out_json")
-    mine = dist.shard(ids, rank, world)
-    todo = mine if args.overwrite else [i for i in mine if not (out_dir / f"{i}.png").is_file()]
     # Cheap checks before the network runs: every image (and, for --eval, every GT) exists.
-    check_files_exist([layout.image_path(i) for i in todo], "image")
+    dataset = InferenceDataset(layout, todo)
     if args.eval:
         check_files_exist([layout.gt_path(i) for i in ids], "ground truth")
-    model = load_model(cfg, args.weights, device)
+    model = run.load_model(build_model("deeplabv1", num_classes=cfg["NUM_CLASSES"] - 1,
+                                       width=cfg["BACKBONE_WIDTH"]), args.weights,
+                           built_with=f"DeepLab-v1 built with NUM_CLASSES={cfg['NUM_CLASSES']}, "
+                                      f"BACKBONE_WIDTH={cfg['BACKBONE_WIDTH']}")
     if dist.is_main():
-        print(f"infer_seg: {len(ids)} images, {len(mine) - len(todo)} of this rank's {len(mine)} "
-              f"already done; scales {cfg['TEST_SCALES']}, flip {cfg['TEST_FLIP']}, "
-              f"CRF {cfg['TEST_CRF']}, {world} process(es)", file=sys.stderr)
-
-    from tqdm import tqdm
+        print(f"infer_seg: {len(ids)} images; scales {cfg['TEST_SCALES']}, flip {cfg['TEST_FLIP']}, "
+              f"CRF {cfg['TEST_CRF']}, {run.world} process(es)", file=sys.stderr)
 
     # Bound the probability maps waiting in the queue (each is K x H x W floats).
-    with BoundedPool(args.workers if todo else 0, max_pending=2 * args.workers) as pool:
-        for image_id in tqdm(todo, desc="infer_seg", disable=not dist.is_main(), dynamic_ncols=True):
-            rgb, x = load_image(layout.image_path(image_id))
-            with autocast(args.amp, device):
-                probs = multiscale_flip_probs(model, x.to(device), cfg["TEST_SCALES"],
-                                              cfg["TEST_FLIP"])
-            check_finite_output(probs, f"{out_dir / image_id}.png (image {image_id})")
-            pool.submit(_finish, str(out_dir / f"{image_id}.png"), probs.float().cpu().numpy(),
-                        rgb, cfg["TEST_CRF"])
-    dist.barrier()
+    with run.pool(args.workers if todo else 0, max_pending=2 * args.workers) as pool:
+        for item in run.progress(run.loader(dataset, 0), len(todo)):
+            with autocast(args.amp, run.device):
+                probs = multiscale_flip_probs(model, item["image"][None].to(run.device),
+                                              cfg["TEST_SCALES"], cfg["TEST_FLIP"])
+            check_finite_output(probs, f"{out_dir / item['id']}.png (image {item['id']})")
+            pool.submit(_finish, str(out_dir / f"{item['id']}.png"), probs.float().cpu().numpy(),
+                        item["image_uint8"], cfg["TEST_CRF"])
+    run.finish()  # every process has written its share
 
-    if args.eval and dist.is_main():
-        from lib.evaluation import evaluate_dir, format_results, save_results_json
-
+    if args.eval and run.rank == 0:
         gt_dir = layout.gt_path(ids[0]).parent
         res = evaluate_dir(out_dir, gt_dir, ids, cfg["NUM_CLASSES"] - 1, pred_type="png",
                            workers=args.eval_workers, class_names=list(layout.class_names))
         print(format_results(res, title=f"DeepLab-v1 {split} ({out_dir})"))
         if args.out_json:
             save_results_json(res, args.out_json)
-    dist.cleanup()
 
 
 if __name__ == "__main__":

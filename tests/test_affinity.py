@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.affinity import (affinity_label_map, affinity_labels_from_crf, extract_pair_labels,
+from lib.affinity import (affinity_label_map, extract_pair_labels,
                           neighbour_pairs, pair_affinity, search_offsets)
 
 
@@ -183,13 +183,13 @@ def test_extract_pair_labels_hand_case():
     assert neg.sum() == 8 and fg.sum() == 0 and bg.sum() == 36
 
 
-def test_affinity_labels_from_crf_chain():
+def test_pair_labels_of_a_crf_label_map():
     rng = np.random.default_rng(1)
     la = rng.random((3, 12, 12)).astype(np.float32)
     ha = rng.random((3, 12, 12)).astype(np.float32)
     keys = [0, 2, 9]
     lab = affinity_label_map(la, keys, ha, keys)
-    got = affinity_labels_from_crf(la, keys, ha, keys, radius=5)
+    got = extract_pair_labels(lab, radius=5)
     ref = ref_pair_labels(lab.numpy(), 5)
     for a, b in zip(got, ref):
         np.testing.assert_array_equal(a.numpy(), b)

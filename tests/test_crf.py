@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lib.crf import crf_from_cam, crf_inference_from_cam, dense_crf
+from lib.crf import crf_from_cam, dense_crf
 
 
 def _two_region_image(h=24, w=32):
@@ -59,7 +59,7 @@ def test_crf_from_cam_background_score_and_keys():
     stack = np.clip(np.stack([bg, cams[0], cams[1]]), 1e-5, 1)
     np.testing.assert_allclose(probs, stack / stack.sum(0), rtol=1e-4, atol=1e-7)
     # default settings (10 iterations) still give probabilities
-    keys, probs = crf_inference_from_cam(img, [2, 7], cams, alpha=2)
+    keys, probs = crf_from_cam(img, [2, 7], cams, alpha=2)
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
 
 

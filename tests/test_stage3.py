@@ -206,7 +206,7 @@ def test_torchrun_two_processes_produce_the_same_checkpoint_keys(synth, trained,
               "-m", "stage3_seg.infer_seg", "--weights", f"{ddp}.pth", "--out_dir", str(out),
               "--scales", "1.0", "--no-flip", "--no-crf", "--workers", "0", "--threads", "1",
               "--device", "cpu"], timeout=180)
-    assert "0 of this rank's 1 already done" in r.stderr
+    assert "0 of 1 images already done (rank 0 of 2)" in r.stdout
     ids = read_list(synth / "ImageSets" / "Segmentation" / "val.txt")
     assert sorted(p.stem for p in out.glob("*.png")) == sorted(ids)
 
@@ -240,7 +240,7 @@ def test_infer_writes_all_val_pngs_then_skips_them(synth, trained, tmp_path):
     assert res["num_images"] == 2 and 0.0 <= res["miou"] <= 1.0
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*.png")}
     r = _run(args[:-5] + ["--no-crf"])
-    assert "2 of this rank's 2 already done" in r.stderr
+    assert "2 of 2 images already done" in r.stdout
     assert {p: p.stat().st_mtime_ns for p in out.glob("*.png")} == mtimes
 
 
@@ -259,12 +259,13 @@ def test_infer_with_config_file_uses_trained_architecture_and_matches_in_process
                        text=True, timeout=60)
     assert r.returncode != 0 and "NUM_CLASSES=21" in r.stderr and "Traceback" not in r.stderr
     # the same without CRF, computed in-process from the checkpoint
-    from stage3_seg.infer_seg import load_image
+    from lib.datasets.transforms import Normalize, to_chw_tensor
+    from lib.io import load_image
     model = _fresh_model()
     model.load_state_dict(_load(f"{session}.pth"))
     model.eval()
     for p in sorted((tmp_path / "a").glob("*.png")):
-        _, x = load_image(synth / "JPEGImages" / f"{p.stem}.jpg")
+        x = to_chw_tensor(Normalize()(load_image(synth / "JPEGImages" / f"{p.stem}.jpg")))[None]
         expected = multiscale_flip_probs(model, x, (1.0,), False).argmax(0).numpy()
         np.testing.assert_array_equal(load_label_png(p), expected)
 

@@ -32,7 +32,7 @@ from tools._bench import format_table
 def make_data(root: Path, n: int, size: int):
     """(layout, ids, cls_labels, la_dir, ha_dir, label_dir) of a synthetic VOC-layout set."""
     from lib.datasets import get_layout
-    from lib.io import load_cls_labels, save_crf
+    from lib.io import channel_class_ids, load_cls_labels, save_crf
     from tools import make_cls_labels, make_synthetic_voc
 
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), \
@@ -47,7 +47,7 @@ def make_data(root: Path, n: int, size: int):
 
     for iid in ids:  # CRF maps (la = ha) from the ground truth: one-hot over [bg, present classes]
         gt = load_label(layout.gt_path(iid))
-        keys = np.concatenate([[0], np.flatnonzero(cls_labels[iid]) + 1]).astype(np.int64)
+        keys = channel_class_ids(np.flatnonzero(cls_labels[iid]))
         probs = np.stack([(gt == k) for k in keys]).astype(np.float32)
         for d in ("la", "ha"):
             save_crf(root / d / f"{iid}.npz", keys, probs)

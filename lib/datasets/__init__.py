@@ -8,7 +8,8 @@ from .layout import Layout, get_layout, resolve_list
 
 _LAZY = {
     "ClassificationDataset": "datasets", "MultiScaleInferenceDataset": "datasets",
-    "SegmentationDataset": "datasets", "collate_single": "datasets",
+    "SegmentationDataset": "datasets", "InferenceDataset": "datasets",
+    "collate_single": "datasets",
     "AffinityDataset": "affinity_dataset",
     "RandomResizeLong": "transforms", "RandomScale": "transforms",
     "RandomHorizontalFlip": "transforms", "ColorJitter": "transforms", "HSVJitter": "transforms",

@@ -28,9 +28,9 @@ from torch.utils.data import Dataset
 
 from lib.affinity import affinity_label_map
 from lib.errors import UserError
-from lib.io import load_crf
+from lib.io import load_crf, load_image
 
-from .datasets import EpochSeeded, load_image
+from .datasets import EpochSeeded
 from .layout import Layout, check_files_exist
 from .transforms import (ColorJitter, Normalize, RandomCrop, RandomHorizontalFlip,
                          RandomResizeLong, to_chw_tensor)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lib.errors import UserError
+
 # docs/METHOD.md section 1 order.
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -41,10 +43,10 @@ def read_class_file(path: str | os.PathLike) -> tuple[str, ...]:
     path = Path(path)
     names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
     if not names:
-        raise ValueError(f"{path}: class list is empty")
+        raise UserError(f"{path}: class list is empty")
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(f"{path}: duplicate class names {dup}")
+        raise UserError(f"{path}: duplicate class names {dup}")
     return names
 
 

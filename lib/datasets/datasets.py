@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lib.errors import UserError
-from lib.io import load_image, load_label_png  # noqa: F401 - load_image is used from here too
+from lib.io import load_image, load_label_png
 
 from .layout import Layout, check_files_exist
 from .transforms import (ColorJitter, HSVJitter, Normalize, RandomCrop, RandomHorizontalFlip,
@@ -153,6 +153,20 @@ class MultiScaleInferenceDataset(_Base):
             images.append(torch.stack([x, x.flip(-1)]) if self.flip else x[None])
         return {"id": iid, "image_uint8": img, "images": images,
                 "label": torch.as_tensor(np.asarray(self.cls_labels[iid], np.float32))}
+
+
+class InferenceDataset(_Base):
+    """Whole images for stage 2 and 3 inference: {"id", "image_uint8": (H, W, 3) uint8,
+    "image": (3, H, W) float32 normalised}. Every image must exist (checked up front)."""
+
+    def __init__(self, layout: Layout, ids: Sequence[str] | None = None):
+        super().__init__(layout, ids, seed=0)
+        self.normalize = Normalize()
+
+    def __getitem__(self, index: int) -> dict:
+        iid = self.ids[index]
+        img = load_image(self.layout.image_path(iid))
+        return {"id": iid, "image_uint8": img, "image": to_chw_tensor(self.normalize(img))}
 
 
 def collate_single(batch: list[dict]) -> dict:

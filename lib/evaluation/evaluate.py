@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.datasets.classes import COCO_CLASSES, VOC_CLASSES, read_class_file
 from lib.errors import UserError
 from lib.io import atomic_path, cam_to_label, crf_to_label, load_cam, load_crf, load_label_png
 from lib.evaluation.contour import contour_counts, contour_fscore_from_counts
@@ -41,10 +42,6 @@ _PRED_EXT = {"png": ".png", "cam": ".npz", "crf": ".npz"}
 
 
 # ----------------------------------------------------------------------------- class names
-
-def _read_classes_txt(path: Path) -> list[str]:
-    return [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
-
 
 def resolve_class_names(spec, gt_dir, num_classes: int) -> list[str]:
     """The N foreground class names.
@@ -59,23 +56,21 @@ def resolve_class_names(spec, gt_dir, num_classes: int) -> list[str]:
     if spec is None:
         cand = Path(gt_dir) / ".." / "classes.txt"
         if cand.is_file():
-            names, source = _read_classes_txt(cand), str(cand)
+            names, source = list(read_class_file(cand)), str(cand)
         elif n in (20, 80):
-            from lib.datasets.classes import COCO_CLASSES, VOC_CLASSES
             names = list(VOC_CLASSES if n == 20 else COCO_CLASSES)
         else:
             names = [f"class_{k}" for k in range(n)]
     elif isinstance(spec, (list, tuple)):
         names = [str(s) for s in spec]
     elif str(spec).lower() in ("voc", "coco"):
-        from lib.datasets.classes import COCO_CLASSES, VOC_CLASSES
         names = list(VOC_CLASSES if str(spec).lower() == "voc" else COCO_CLASSES)
         source = f"'{spec}' class names"
     else:
         path = Path(spec)
         if not path.is_file():
             raise FileNotFoundError(f"class names file {path} does not exist (or use 'voc' / 'coco')")
-        names, source = _read_classes_txt(path), str(path)
+        names, source = list(read_class_file(path)), str(path)
     if len(names) == n + 1 and names[0].lower() == "background":
         names = names[1:]
     if len(names) != n:

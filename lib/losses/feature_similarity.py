@@ -47,9 +47,8 @@ def default_window_radius(sigma: float) -> int:
 
     ceil(4 sigma) (1.3e-4 of the Gaussian mass left out) is not enough: L is a difference of
     attracting (kx < 0) and repelling (kx > 0) terms that largely cancel, so the truncated tail
-    is large *relative to L*. Measured on 3 real VOC images at 56x56 with 72 smooth random
-    21-class CAMs, the worst relative error vs the dense loss was 7.9e-3 (R = 20), 5.0e-4 (23),
-    1.8e-4 (24), 6.5e-5 (25), 2.2e-5 (26), 1.7e-7 (30); R = 25 is the smallest that met 1e-4.
+    is large *relative to L*. R = 25 is the smallest radius whose relative error vs the dense
+    loss stayed below 1e-4 on real images (the table in docs/PERFORMANCE.md).
     """
     return max(1, math.ceil(5.0 * sigma))
 
