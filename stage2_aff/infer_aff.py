@@ -14,7 +14,7 @@ CRF (``lib.crf.dense_crf``, ``--crf_iters`` mean-field iterations) before the ar
 Writes ``<out_rw>/<id>.png`` (lib.io label PNG); finished files are skipped unless --overwrite.
 
 Usage: python -m stage2_aff.infer_aff --weights EXP/ckpts/aff.pth --infer_list train_aug \
-         --voc12_root DIR --cam_dir EXP/plabels/train/cam --out_rw EXP/plabels/train/rw
+         --data_root DIR --cam_dir EXP/plabels/train/cam --out_rw EXP/plabels/train/rw
 Under ``torchrun --nproc_per_node K`` the ids are sharded over the processes.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from lib import dist
+from lib.cli import add_bool, add_data_args, not_in_paper
 from lib.crf import dense_crf
 from lib.datasets import resolve_list
 from lib.datasets.affinity_dataset import POOL
@@ -48,8 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="trained AffinityNet (.pth state_dict)")
     p.add_argument("--infer_list", default="train_aug", help="split name or list file")
-    p.add_argument("--voc12_root", "--data_root", dest="voc12_root", required=True)
-    p.add_argument("--dataset", default="voc", choices=["voc", "coco"])
+    add_data_args(p)
     p.add_argument("--cam_dir", required=True, help="stage-1 CAM artifacts (<id>.npz)")
     p.add_argument("--out_rw", required=True, help="output folder of label PNGs")
     p.add_argument("--alpha", type=float, default=6, help="background power (1 - max_k M_k)^alpha")
@@ -57,18 +57,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--logt", type=int, default=6, help="walk length 2^logt")
     p.add_argument("--method", default="auto", choices=list(METHODS),
                    help="random-walk evaluation: dense (original T^(2^logt)), sparse, auto")
-    p.add_argument("--crf", action="store_true", help="dense-CRF post-processing of the rw scores")
-    p.add_argument("--crf_iters", type=int, default=1,
-                   help="mean-field iterations of --crf (1 as in SEAM's infer_aff)")
-    p.add_argument("--backbone_width", type=float, default=1.0)
-    p.add_argument("--workers", "--num_workers", dest="workers", type=int, default=2,
-                   help="data-loading workers")
+    p.add_argument("--backbone_width", type=float, default=1.0,
+                   help="channel multiplier of ResNet-38 (1.0 = the paper)")
+    p.add_argument("--num_workers", "--workers", dest="num_workers", type=int, default=2,
+                   help="data-loading worker processes")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0)
+    demo = not_in_paper(p)
+    add_bool(demo, "crf", False, "dense-CRF post-processing of the rw scores (the paper: off; "
+             "SEAM's infer_aff has it; the from-scratch demo uses it)", old="--no_crf")
+    demo.add_argument("--crf_iters", type=int, default=1,
+                      help="mean-field iterations of --crf (1 as in SEAM's infer_aff)")
     args = p.parse_args(argv)
     check_args(args, {"alpha": "> 0", "beta": "> 0", "logt": ">= 0", "crf_iters": ">= 1",
-                      "backbone_width": "> 0", "workers": ">= 0", "threads": ">= 0"})
+                      "backbone_width": "> 0", "num_workers": ">= 0", "threads": ">= 0"})
     return args
 
 
@@ -128,7 +131,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, world, device = dist.setup_distributed(args.device)
-    layout, all_ids = resolve_list(args.dataset, args.voc12_root, args.infer_list)
+    layout, all_ids = resolve_list(args.dataset, args.data_root, args.infer_list)
     out = Path(args.out_rw)
     cam_dir = Path(args.cam_dir)
     if not cam_dir.is_dir():
@@ -146,7 +149,7 @@ def main(argv=None) -> None:
         load_weights_into(model, args.weights)
         model.to(device).eval()
         loader = DataLoader(_Images(layout, todo, cam_dir), batch_size=1, collate_fn=_first,
-                            num_workers=args.workers)
+                            num_workers=args.num_workers)
         for item in tqdm(loader, total=len(todo), desc="infer_aff", disable=not dist.is_main()):
             keys, cams = item["keys"], item["cams"]
             H, W = item["image_uint8"].shape[:2]
