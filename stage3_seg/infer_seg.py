@@ -7,14 +7,14 @@ For an image I (H, W), scales S (TEST_SCALES) and flips F = {id, mirror} (TEST_F
 
 resize_s: bicubic to (round(H s), round(W s)) (the cv2 bicubic of the training rescale);
 up_{H,W}: bilinear, align_corners=True (the network's own upsampling convention). The CRF is
-``lib.crf.dense_crf`` (the stage-1 pairwise settings) and runs in a pool of ``--workers`` CPU
+``lib.crf.dense_crf`` (the stage-1 pairwise settings) and runs in a pool of ``--crf_workers`` CPU
 processes while the main process runs the network; labels are saved as palette PNGs.
 
 Usage::
 
     python -m stage3_seg.infer_seg --config voc/config_voc2012.py --weights EXP/ckpts/final.pth \\
-        --split val --out_dir EXP/results/val [--no-crf] [--scales 1.0] [--no-flip] \\
-        [--workers 4] [--overwrite] [--eval [--out_json F]]
+        --infer_list val --out_pred EXP/results/val [--no-crf] [--scales 1.0] [--no-flip] \\
+        [--crf_workers 4] [--overwrite] [--eval [--out_json F]]
     torchrun --nproc_per_node 4 -m stage3_seg.infer_seg ...     # images sharded over ranks
 
 Without ``--config`` the run config recorded by train_seg next to the weights
@@ -33,12 +33,23 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from lib import dist
+from lib.checkpoint import CheckpointError
+from lib.cli import add_bool
 from lib.config import add_config_args, coerce_value, config_from_args, load_config
+from lib.crf import dense_crf
+from lib.datasets import resolve_list
+from lib.datasets.layout import check_files_exist
+from lib.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lib.errors import UserError, check_args, check_writable_dir, run_main
-from lib.io import check_finite_output, read_list, save_label_png
+from lib.evaluation import evaluate_dir, format_results, save_results_json
+from lib.io import check_finite_output, load_image as load_rgb, save_label_png
+from lib.models import build_model
 from lib.pool import BoundedPool
+from lib.training import autocast
+from lib.weights import load_weights_into
 
 
 def _logits_of(out) -> torch.Tensor:
@@ -89,8 +100,6 @@ def probs_to_label(probs: np.ndarray, image_uint8: np.ndarray | None = None,
     """Label map (H, W) uint8 = argmax_k of P (K, H, W), or of dense_crf(image, P) with ``use_crf``."""
     probs = np.asarray(probs, np.float32)
     if use_crf:
-        from lib.crf import dense_crf
-
         if image_uint8 is None:
             raise ValueError("the CRF needs the uint8 image")
         probs = dense_crf(image_uint8, probs)
@@ -105,9 +114,6 @@ def _finish(out_path: str, probs: np.ndarray, image_uint8: np.ndarray, use_crf: 
 
 def load_image(path: Path) -> tuple[np.ndarray, torch.Tensor]:
     """(H, W, 3) uint8 RGB and its normalised (1, 3, H, W) float32 tensor."""
-    from lib.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from lib.io import load_image as load_rgb
-
     rgb = load_rgb(path)  # writable: pydensecrf rejects read-only buffers
     x = (rgb.astype(np.float32) / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) \
         / np.asarray(IMAGENET_STD, np.float32)
@@ -117,17 +123,16 @@ def load_image(path: Path) -> tuple[np.ndarray, torch.Tensor]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="trained DeepLab checkpoint (<session>.pth)")
-    p.add_argument("--split", default=None, help="split of the layout (default: config VAL_SPLIT)")
-    p.add_argument("--list", default=None, help="image list file (ids); default: the split's list")
-    p.add_argument("--out_dir", required=True, help="folder of <id>.png label maps")
-    p.add_argument("--no-crf", "--no_crf", dest="crf", action="store_false", default=None,
-                   help="skip the dense CRF (config TEST_CRF)")
-    p.add_argument("--crf", dest="crf", action="store_true", help="force the dense CRF on")
+    p.add_argument("--infer_list", "--split", "--list", dest="infer_list", default=None,
+                   help="split name of the layout or image list file (default: config VAL_SPLIT)")
+    p.add_argument("--out_pred", "--out_dir", dest="out_pred", required=True,
+                   help="folder of <id>.png label maps")
+    add_bool(p, "crf", None, "the dense CRF (default: config TEST_CRF)", old="--no_crf")
     p.add_argument("--scales", type=float, nargs="+", default=None,
                    help="test scales (config TEST_SCALES)")
-    p.add_argument("--no-flip", "--no_flip", dest="flip", action="store_false", default=None,
-                   help="no horizontal-flip pass (config TEST_FLIP)")
-    p.add_argument("--workers", type=int, default=2,
+    add_bool(p, "flip", None, "the horizontal-flip pass (default: config TEST_FLIP)",
+             old="--no_flip")
+    p.add_argument("--crf_workers", "--workers", dest="crf_workers", type=int, default=2,
                    help="CPU processes for the CRF and PNG writing (0: in the main process)")
     p.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
     p.add_argument("--eval", action="store_true",
@@ -137,9 +142,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    add_config_args(p, flags=["data_root", "backbone_width"], config_required=False)
+    add_config_args(p, flags=["data_root", "dataset", "backbone_width"], config_required=False)
     args = p.parse_args(argv)
-    check_args(args, {"scales": "> 0", "workers": ">= 0", "eval_workers": ">= 1",
+    check_args(args, {"scales": "> 0", "crf_workers": ">= 0", "eval_workers": ">= 1",
                       "threads": ">= 0"})
     return args
 
@@ -188,10 +193,6 @@ def resolve_config(args: argparse.Namespace) -> dict:
 
 
 def load_model(cfg: dict, weights: str, device: torch.device) -> nn.Module:
-    from lib.models import build_model
-    from lib.checkpoint import CheckpointError
-    from lib.weights import load_weights_into
-
     model = build_model("deeplabv1", num_classes=cfg["NUM_CLASSES"] - 1, width=cfg["BACKBONE_WIDTH"])
     try:
         load_weights_into(model, weights)  # names the keys and shapes that do not fit
@@ -208,15 +209,10 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     rank, world, device = dist.setup_distributed(args.device)
 
-    from lib.datasets import get_layout
-    from lib.datasets.layout import check_files_exist
-    from lib.training import autocast
+    split = args.infer_list or cfg["VAL_SPLIT"]
+    layout, ids = resolve_list(cfg["DATASET"], cfg["DATA_ROOT"], split)
 
-    split = args.split or cfg["VAL_SPLIT"]
-    layout = get_layout(cfg["DATASET"], cfg["DATA_ROOT"], split)
-    ids = read_list(args.list) if args.list else layout.ids()  # UserError when empty
-
-    out_dir = check_writable_dir(args.out_dir)
+    out_dir = check_writable_dir(args.out_pred)
     if args.out_json:
         check_writable_dir(Path(args.out_json).parent, "folder of --out_json")
     mine = dist.shard(ids, rank, world)
@@ -231,10 +227,8 @@ def main(argv=None) -> None:
               f"already done; scales {cfg['TEST_SCALES']}, flip {cfg['TEST_FLIP']}, "
               f"CRF {cfg['TEST_CRF']}, {world} process(es)", file=sys.stderr)
 
-    from tqdm import tqdm
-
     # Bound the probability maps waiting in the queue (each is K x H x W floats).
-    with BoundedPool(args.workers if todo else 0, max_pending=2 * args.workers) as pool:
+    with BoundedPool(args.crf_workers if todo else 0, max_pending=2 * args.crf_workers) as pool:
         for image_id in tqdm(todo, desc="infer_seg", disable=not dist.is_main(), dynamic_ncols=True):
             rgb, x = load_image(layout.image_path(image_id))
             with autocast(args.amp, device):
@@ -246,8 +240,6 @@ def main(argv=None) -> None:
     dist.barrier()
 
     if args.eval and dist.is_main():
-        from lib.evaluation import evaluate_dir, format_results, save_results_json
-
         gt_dir = layout.gt_path(ids[0]).parent
         res = evaluate_dir(out_dir, gt_dir, ids, cfg["NUM_CLASSES"] - 1, pred_type="png",
                            workers=args.eval_workers, class_names=list(layout.class_names))

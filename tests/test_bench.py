@@ -147,7 +147,7 @@ def test_train_cam_channels_last_flag_matches_contiguous(tmp_path):
     states = []
     for flag in ([], ["--channels_last"]):
         session = tmp_path / f"cam{len(flag)}"
-        run("-m", "stage1_cam.train_cam", "--voc12_root", str(voc), "--threads", "1",
+        run("-m", "stage1_cam.train_cam", "--data_root", str(voc), "--threads", "1",
             "--num_workers", "0", "--device", "cpu", "--weights", "none", "--backbone_width",
             "0.0625", "--crop_size", "64", "--resize_long", "64", "80", "--batch_size", "2",
             "--max_steps", "2", "--train_list", "train", "--session_name", str(session), *flag)
