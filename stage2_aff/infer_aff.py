@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0)
     demo = not_in_paper(p)
     add_bool(demo, "crf", False, "dense-CRF post-processing of the rw scores (the paper: off; "
-             "SEAM's infer_aff has it; the from-scratch demo uses it)", old="--no_crf")
+             "SEAM's infer_aff has it; the from-scratch demo uses it)")
     demo.add_argument("--crf_iters", type=int, default=1,
                       help="mean-field iterations of --crf (1 as in SEAM's infer_aff)")
     args = p.parse_args(argv)
