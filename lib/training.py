@@ -336,6 +336,22 @@ def run_config(args: argparse.Namespace, extra: dict | None = None) -> dict:
     return json.loads(json.dumps({**vars(args), **(extra or {})}, default=str))
 
 
+def renamed_flags(saved: dict) -> dict:
+    """A run config recorded before the flags took their shared names (lib.cli), in today's
+    names: ``voc12_root`` -> ``data_root``, ``no_color_jitter`` -> ``color_jitter`` (negated),
+    ``workers`` -> ``num_workers``, ``crop`` -> ``crop_size``; a state written then still
+    resumes."""
+    out = dict(saved)
+    if "voc12_root" in out and "data_root" not in out:
+        out["data_root"] = out.pop("voc12_root")
+    if "no_color_jitter" in out and "color_jitter" not in out:
+        out["color_jitter"] = not out.pop("no_color_jitter")
+    for old, new in (("workers", "num_workers"), ("crop", "crop_size")):
+        if old in out and new not in out:
+            out[new] = out.pop(old)
+    return out
+
+
 def config_differences(saved: dict, now: dict) -> list[str]:
     """``key: state X, now Y`` for every setting (outside RESUME_FREE_KEYS) that differs."""
     out = []
@@ -414,7 +430,7 @@ def load_train_state(path: str | Path, model, optimizer, config: dict | None = N
     if not isinstance(state, dict) or not {"model", "optimizer", "step"} <= set(state):
         raise UserError(f"{path}: --resume: not a training-state file (no model/optimizer/step)")
     if config is not None and "config" in state:
-        diff = config_differences(json.loads(state["config"]), config)
+        diff = config_differences(renamed_flags(json.loads(state["config"])), config)
         if diff:
             more = f"; {len(diff) - 5} more" if len(diff) > 5 else ""
             raise UserError(f"{path}: --resume: the state was written by a run with other "

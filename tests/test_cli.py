@@ -9,6 +9,7 @@ import pytest
 
 from lib.cli import NOT_IN_PAPER
 from lib.config import config_from_args
+from lib.training import config_differences, renamed_flags, run_config
 from stage1_cam import infer_cam, train_cam
 from stage2_aff import infer_aff, train_aff
 from stage3_seg import infer_seg, train_seg
@@ -144,3 +145,16 @@ def test_every_flag_of_the_demo_runner_parses(tmp_path, regime, repo_root):
                                                                               True)
     assert {a.backbone_width for a in parsed["stage3_seg.infer_seg"]} == {0.125}
     assert {a.crf_workers for a in parsed["stage3_seg.infer_seg"]} == {2}
+
+
+def test_a_state_recorded_with_the_old_flag_names_still_resumes():
+    now = run_config(train_cam.parse_args(["--data_root", "d", "--no-color_jitter",
+                                           "--crop_size", "96"]))
+    old = dict(now)
+    old["voc12_root"] = old.pop("data_root")
+    old["no_color_jitter"] = not old.pop("color_jitter")
+    old["crop"] = old.pop("crop_size")
+    assert len(config_differences(old, now)) == 6  # without the translation, all differ
+    assert config_differences(renamed_flags(old), now) == []
+    old["no_color_jitter"] = False  # a different setting is still reported
+    assert config_differences(renamed_flags(old), now) == ["color_jitter: state True, now False"]

@@ -9,7 +9,7 @@ swapped class or a false positive), then times
 
 * the slow reference (``lib.evaluation.reference``, pure-Python pixel loops) on the first
   ``--ref_num`` images (PNG decoding included),
-* ``accumulate_counts`` (the engine of ``evaluate_dir``) with 1 worker and with ``--workers``,
+* ``accumulate_counts`` (the engine of ``evaluate_dir``) with 1 worker and with ``--eval_workers``,
 
 checks that the integer counts (confusion matrix, boundary counts) of the fast path and of the
 reference are identical on the common subset, and prints a table of images/s and speed-ups.

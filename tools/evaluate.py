@@ -1,7 +1,7 @@
 """Evaluate segmentation predictions against VOC-style GT: mIoU and contour F-score (docs/METHOD.md section 7).
 
     python -m tools.evaluate --pred_dir D --gt_dir G --list L --num_classes N \
-        [--type png|cam|crf] [--bg_threshold T] [--bg_sweep] [--workers K] \
+        [--type png|cam|crf] [--bg_threshold T] [--bg_sweep] [--eval_workers K] \
         [--out_json F] [--class_names FILE|voc|coco] [--title STR]
 
 Prints a table (percent) to stdout; ``--out_json`` writes {"num_images", "miou", "contour_f",
