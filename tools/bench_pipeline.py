@@ -471,7 +471,7 @@ def main(argv=None) -> int:
 
     # What a child needs to rebuild the same cases.
     base = ["--preset", args.preset, "--device", str(device), "--repeats", str(args.repeats),
-            "--width", str(sizes["width"]), "--infer_size", *map(str, sizes["infer_size"])]
+            "--backbone_width", str(sizes["width"]), "--infer_size", *map(str, sizes["infer_size"])]
     for s in STAGES:
         base += [f"--{s}_crop", str(sizes[s][0]), f"--{s}_batch", str(sizes[s][1])]
     if args.threads:
