@@ -27,7 +27,7 @@ bench: $(STAMP)
 # Every stage's throughput per precision mode at the demo width (--preset paper: the paper's sizes).
 bench-pipeline: $(STAMP)
 	$(VENV)/bin/python -m tools.bench_pipeline
-	$(VENV)/bin/python -m tools.bench_crf --workers 1 2
+	$(VENV)/bin/python -m tools.bench_crf --crf_workers 1 2
 
 # The one-shot check of a GPU machine (docs/PERFORMANCE.md); a reduced CPU run without CUDA.
 bench-gpu:

@@ -119,7 +119,7 @@ for year in $YEARS; do
         fi
         log "writing labels of $split"
         # process_coco itself keeps label PNGs of an interrupted run and writes the rest.
-        "$PY" -m tools.process_coco --coco_root "$COCO_ROOT" --split "$split" --workers "$WORKERS" \
+        "$PY" -m tools.process_coco --data_root "$COCO_ROOT" --split "$split" --workers "$WORKERS" \
             || die "tools.process_coco failed on $split"
         mark_done "labels_$split"
     done

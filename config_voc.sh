@@ -127,7 +127,7 @@ fi
 if is_done train_aug && [ -f "$VOC/ImageSets/Segmentation/train_aug.txt" ]; then
     log "skip: train_aug.txt already built"
 else
-    "$PY" -m tools.make_train_aug --voc_root "$VOC" ${TRAIN_AUG_EXPECT:+--expect "$TRAIN_AUG_EXPECT"} \
+    "$PY" -m tools.make_train_aug --data_root "$VOC" ${TRAIN_AUG_EXPECT:+--expect "$TRAIN_AUG_EXPECT"} \
         || die "building train_aug.txt failed"
     mark_done train_aug
 fi
@@ -136,7 +136,7 @@ fi
 if is_done cls_labels && [ -f "$VOC/cls_labels.npz" ]; then
     log "skip: cls_labels.npz already built"
 else
-    "$PY" -m tools.make_cls_labels --voc_root "$VOC" --out "$VOC/cls_labels.npz" \
+    "$PY" -m tools.make_cls_labels --data_root "$VOC" --out "$VOC/cls_labels.npz" \
         || die "building cls_labels.npz failed"
     mark_done cls_labels
 fi

@@ -8,8 +8,8 @@ A run config recorded next to a checkpoint (``<session>.config.json``, key ``"co
 the same way, so inference can reuse the training configuration.
 
 Overrides come from ``--set KEY=VALUE`` (value parsed with ``ast.literal_eval``; a bare word
-such as ``data/coco`` is taken as a string) and from a few shorthand flags (``--lr`` ...), see
-:func:`add_config_args`. Every value is coerced to the key's declared type, so ``--set LR=1``
+such as ``data/coco`` is taken as a string) and from the flags of :func:`add_config_args`
+(``--lr``, ``--crop_size``, ... with the names stages 1-2 use for the same settings). Every value is coerced to the key's declared type, so ``--set LR=1``
 gives the float 1.0 and ``--set RANDOM_SCALE=[0.5,2]`` the tuple (0.5, 2.0).
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import runpy
 from pathlib import Path
 from typing import Any, Iterable
 
+from lib.cli import not_in_paper
 from lib.errors import UserError, in_range
 
 # key -> (type spec, meaning). Type specs: a Python type, ("tuple", elem_type, length or None),
@@ -66,16 +67,29 @@ RANGES: dict[str, str] = {
 DATASETS = ("voc", "coco", "synthetic")
 
 
-# Shorthand flags of add_config_args: flag -> (config key, argparse type, help).
+# Flags of add_config_args, with the names every stage uses for the same thing (lib.cli):
+# flag -> (config key, argparse type, help). A user reruns stage 3 with these instead of --set.
 FLAG_KEYS: dict[str, tuple[str, Any, str]] = {
-    "lr": ("LR", float, "base learning rate"),
-    "batch_size": ("BATCH", int, "global batch size"),
-    "max_steps": ("ITERATIONS", int, "training iterations"),
-    "crop": ("CROP", int, "training crop size"),
+    "data_root": ("DATA_ROOT", str, "dataset root"),
+    "dataset": ("DATASET", str, "dataset layout"),
     "backbone_width": ("BACKBONE_WIDTH", float, "ResNet-38 channel multiplier"),
     "weights": ("IMAGENET_WEIGHTS", str, "ImageNet weights file; 'none' = random init"),
-    "data_root": ("DATA_ROOT", str, "dataset root"),
+    "crop_size": ("CROP", int, "training crop size"),
+    "batch_size": ("BATCH", int, "global batch size"),
+    "lr": ("LR", float, "base learning rate"),
+    "momentum": ("MOMENTUM", float, "SGD momentum"),
+    "wt_dec": ("WEIGHT_DECAY", float, "weight decay"),
+    "max_steps": ("ITERATIONS", int, "training iterations"),
+    "num_workers": ("WORKERS", int, "data-loading worker processes per process"),
+    "bn_momentum": ("BN_MOMENTUM", float, "BatchNorm running-statistics momentum (the paper's "
+                                          "config: 3e-4; 0.1 for training from scratch)"),
 }
+# Older names of those flags, still accepted (the original's, or stages 1-2's earlier ones).
+FLAG_ALIASES = {"data_root": ("--voc12_root",), "crop_size": ("--crop",),
+                "num_workers": ("--workers",), "wt_dec": ("--weight_decay",)}
+FLAG_CHOICES = {"dataset": DATASETS}
+# Flags that change a paper setting only for the CPU demo / training from scratch.
+NOT_IN_PAPER_FLAGS = frozenset({"bn_momentum"})
 
 
 def _type_name(spec) -> str:
@@ -258,8 +272,10 @@ def add_config_args(parser: argparse.ArgumentParser, flags: Iterable[str] | None
             existing[opt].default = None
             existing[opt].help = f"{help_text} (overrides config {key})"
         else:
-            parser.add_argument(opt, type=typ, default=None,
-                                help=f"{help_text} (overrides config {key})")
+            group = not_in_paper(parser) if name in NOT_IN_PAPER_FLAGS else parser
+            group.add_argument(opt, *FLAG_ALIASES.get(name, ()), dest=name, type=typ,
+                               default=None, choices=FLAG_CHOICES.get(name),
+                               help=f"{help_text} (overrides config {key})")
     parser.set_defaults(_config_flags=tuple(names))
 
 

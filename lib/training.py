@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from lib import dist
 from lib.checkpoint import check_fits, load_verified, save_checkpoint
+from lib.cli import add_bool, add_data_args, not_in_paper
 from lib.errors import RunError, UserError, check_args
 from lib.io import atomic_path
 from lib.optim import LR_MULT
@@ -61,18 +62,19 @@ def add_common_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save_every", type=int, default=0,
                    help="also save the training state every N steps (0: only at the end)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    p.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=True,
-                   help="the network's dropout layers (--no-dropout: p = 0, for short "
-                        "from-scratch runs such as the CPU demo)")
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
-                   help="sgd = the original's poly SGD; adamw = poly AdamW with the same groups, "
-                        "for training from random initialisation (the CPU demo)")
-    p.add_argument("--lr_mults", type=float, nargs=4, default=list(LR_MULT),
-                   metavar=("W", "B", "NEW_W", "NEW_B"),
-                   help="learning-rate multipliers of the four groups: backbone weights, backbone "
-                        "biases, new layers' weights, new biases (default: the original's "
-                        "1 2 10 20; the from-scratch demo uses 1 1 1 1, since no layer is "
-                        "pretrained)")
+    demo = not_in_paper(p)
+    demo.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=True,
+                      help="the network's dropout layers (the paper: on; --no-dropout: p = 0, for "
+                           "short from-scratch runs such as the CPU demo)")
+    demo.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
+                      help="sgd = the paper's / original's poly SGD; adamw = poly AdamW with the "
+                           "same groups, for training from random initialisation (the CPU demo)")
+    demo.add_argument("--lr_mults", type=float, nargs=4, default=list(LR_MULT),
+                      metavar=("W", "B", "NEW_W", "NEW_B"),
+                      help="learning-rate multipliers of the four groups: backbone weights, "
+                           "backbone biases, new layers' weights, new biases (default: the "
+                           "original's 1 2 10 20; the from-scratch demo uses 1 1 1 1 in stages "
+                           "1-2, since no layer is pretrained)")
 
 
 def add_weak_stage_args(p: argparse.ArgumentParser, session_default: str) -> None:
@@ -81,23 +83,26 @@ def add_weak_stage_args(p: argparse.ArgumentParser, session_default: str) -> Non
     p.add_argument("--batch_size", type=int, default=8, help="global batch over all processes")
     p.add_argument("--max_epoches", "--epochs", dest="max_epoches", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--num_workers", type=int, default=8)
+    p.add_argument("--num_workers", "--workers", dest="num_workers", type=int, default=8,
+                   help="data-loading worker processes")
     p.add_argument("--wt_dec", "--weight_decay", dest="wt_dec", type=float, default=5e-4)
     p.add_argument("--momentum", type=float, default=None,
                    help="SGD momentum; default reproduces the original's quirk (momentum = wt_dec)")
     p.add_argument("--train_list", default="train_aug", help="split name or list file")
     p.add_argument("--session_name", default=session_default,
                    help="checkpoint path without .pth")
-    p.add_argument("--crop_size", type=int, default=448, help="square training crop")
+    p.add_argument("--crop_size", "--crop", dest="crop_size", type=int, default=448,
+                   help="square training crop")
     p.add_argument("--weights", default=None,
                    help="ImageNet weights (.params or .pth); 'none' trains from scratch (demos)")
-    p.add_argument("--voc12_root", "--data_root", dest="voc12_root", required=True)
-    p.add_argument("--dataset", default="voc", choices=["voc", "coco"])
+    add_data_args(p)
     p.add_argument("--tblog_dir", default=None, help="TensorBoard dir (default <session_name>_tb)")
-    p.add_argument("--no_color_jitter", action="store_true")
-    p.add_argument("--frozen_bn", action=argparse.BooleanOptionalAction, default=True,
-                   help="the original's regime: BatchNorms in eval mode and conv1a/b2* frozen; "
-                        "--no-frozen_bn trains BN statistics and the stem (from-scratch demos)")
+    add_bool(p, "color_jitter", True, "colour jitter of the training crops (the original's)",
+             old="--no_color_jitter")
+    not_in_paper(p).add_argument(
+        "--frozen_bn", action=argparse.BooleanOptionalAction, default=True,
+        help="the paper's regime: BatchNorms in eval mode and conv1a/b2* frozen; --no-frozen_bn "
+             "trains BN statistics and the stem (from-scratch demos)")
 
 
 # Allowed ranges of the numeric training flags (lib.errors.check_args); flags a stage lacks
@@ -331,6 +336,22 @@ def run_config(args: argparse.Namespace, extra: dict | None = None) -> dict:
     return json.loads(json.dumps({**vars(args), **(extra or {})}, default=str))
 
 
+def renamed_flags(saved: dict) -> dict:
+    """A run config recorded before the flags took their shared names (lib.cli), in today's
+    names: ``voc12_root`` -> ``data_root``, ``no_color_jitter`` -> ``color_jitter`` (negated),
+    ``workers`` -> ``num_workers``, ``crop`` -> ``crop_size``; a state written then still
+    resumes."""
+    out = dict(saved)
+    if "voc12_root" in out and "data_root" not in out:
+        out["data_root"] = out.pop("voc12_root")
+    if "no_color_jitter" in out and "color_jitter" not in out:
+        out["color_jitter"] = not out.pop("no_color_jitter")
+    for old, new in (("workers", "num_workers"), ("crop", "crop_size")):
+        if old in out and new not in out:
+            out[new] = out.pop(old)
+    return out
+
+
 def config_differences(saved: dict, now: dict) -> list[str]:
     """``key: state X, now Y`` for every setting (outside RESUME_FREE_KEYS) that differs."""
     out = []
@@ -409,7 +430,7 @@ def load_train_state(path: str | Path, model, optimizer, config: dict | None = N
     if not isinstance(state, dict) or not {"model", "optimizer", "step"} <= set(state):
         raise UserError(f"{path}: --resume: not a training-state file (no model/optimizer/step)")
     if config is not None and "config" in state:
-        diff = config_differences(json.loads(state["config"]), config)
+        diff = config_differences(renamed_flags(json.loads(state["config"])), config)
         if diff:
             more = f"; {len(diff) - 5} more" if len(diff) > 5 else ""
             raise UserError(f"{path}: --resume: the state was written by a run with other "

@@ -9,7 +9,7 @@ For networks trained from scratch (the demo), ``--cam_source relu_logits`` repla
 by ReLU'd foreground logits and ``--cam_power`` narrows the maps (``multiscale_cam``,
 ``normalise_cams``).
 
-Usage: python -m stage1_cam.infer_cam --weights cam.pth --infer_list val --voc12_root DIR \
+Usage: python -m stage1_cam.infer_cam --weights cam.pth --infer_list val --data_root DIR \
          --out_cam EXP/plabels/val/cam --out_crf EXP/plabels/val/crf
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lib.cli import add_bool, add_data_args, not_in_paper
 from lib.crf import crf_from_cam_alphas
 from lib.datasets import MultiScaleInferenceDataset, resolve_list
 from lib.errors import check_args, run_main
@@ -32,25 +33,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="trained CAM network (.pth state_dict)")
     p.add_argument("--infer_list", default="val", help="split name or list file")
-    p.add_argument("--voc12_root", "--data_root", dest="voc12_root", required=True)
-    p.add_argument("--dataset", default="voc", choices=["voc", "coco"])
+    add_data_args(p)
     p.add_argument("--cls_labels", default=None)
     p.add_argument("--out_cam", required=True, help="folder of CAM .npz artifacts")
     p.add_argument("--out_crf", default=None, help="folder for crf/alpha_<a>/ (omit to skip the CRF)")
     p.add_argument("--crf_alphas", type=float, nargs="+", default=[2.0, 4.0])
     p.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
-    p.add_argument("--no_flip", action="store_true")
-    p.add_argument("--cam_source", default="softmax", choices=["softmax", "relu_logits"],
-                   help="softmax = the original's label-conditioned channel softmax (background "
-                        "channel included); relu_logits = ReLU of the foreground logits, the classic "
-                        "CAM (PSA), for networks whose background channel is untrained (the demo "
-                        "trains stage 1 from scratch with GAP)")
-    p.add_argument("--cam_power", type=float, default=1.0,
-                   help="raise the normalised CAMs to this power before saving and the CRF (1 = the "
-                        "original). >1 narrows maps that are too wide for the fixed background "
-                        "rules downstream (threshold, (1 - max)^alpha), e.g. relu_logits CAMs")
-    p.add_argument("--backbone_width", type=float, default=1.0)
-    p.add_argument("--num_workers", type=int, default=2, help="data-loading workers")
+    add_bool(p, "flip", True, "add the horizontal flip of every scale", old="--no_flip")
+    p.add_argument("--backbone_width", type=float, default=1.0,
+                   help="channel multiplier of ResNet-38 (1.0 = the paper)")
+    p.add_argument("--num_workers", "--workers", dest="num_workers", type=int, default=2,
+                   help="data-loading worker processes")
     p.add_argument("--crf_workers", type=int, default=2,
                    help="processes running the dense CRF (0: in the main process); one core each. "
                         "At VOC size the CRF, not the network, bounds a GPU run: give it the cores "
@@ -58,6 +51,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0)
+    demo = not_in_paper(p)
+    demo.add_argument("--cam_source", default="softmax", choices=["softmax", "relu_logits"],
+                      help="softmax = the paper's label-conditioned channel softmax (background "
+                           "channel included); relu_logits = ReLU of the foreground logits, the "
+                           "classic CAM (PSA), for networks whose background channel is untrained "
+                           "(the demo trains stage 1 from scratch with GAP)")
+    demo.add_argument("--cam_power", type=float, default=1.0,
+                      help="raise the normalised CAMs to this power before saving and the CRF "
+                           "(the paper: 1). >1 narrows maps that are too wide for the fixed "
+                           "background rules downstream (threshold, (1 - max)^alpha), e.g. "
+                           "relu_logits CAMs")
     args = p.parse_args(argv)
     check_args(args, {"crf_alphas": "> 0", "scales": "> 0", "cam_power": "> 0",
                       "backbone_width": "> 0", "num_workers": ">= 0", "crf_workers": ">= 0",
@@ -119,7 +123,7 @@ def _crf_job(job) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     run = InferenceRun("infer_cam", args.device, args.threads)
-    layout, all_ids = resolve_list(args.dataset, args.voc12_root, args.infer_list)
+    layout, all_ids = resolve_list(args.dataset, args.data_root, args.infer_list)
     cls_labels = load_cls_labels(args.cls_labels or layout.cls_labels_path())
     out_cam = Path(args.out_cam)
     crf_dirs = {a: Path(args.out_crf) / f"alpha_{a:.1f}" for a in args.crf_alphas} if args.out_crf else {}
@@ -129,7 +133,7 @@ def main(argv=None) -> None:
     if todo:
         # The dataset first: it checks that every image exists before the model is loaded.
         dataset = MultiScaleInferenceDataset(layout, cls_labels, scales=tuple(args.scales),
-                                             flip=not args.no_flip, ids=todo)
+                                             flip=args.flip, ids=todo)
         model = run.load_model(build_model("cam", num_classes=layout.num_classes,
                                            width=args.backbone_width), args.weights)
         workers = args.crf_workers if crf_dirs else 0
@@ -138,7 +142,7 @@ def main(argv=None) -> None:
                 image = item["image_uint8"]
                 label = item["label"].to(run.device)
                 mean_cam = multiscale_cam(model, [x.to(run.device) for x in item["images"]], label,
-                                          image.shape[:2], flip=not args.no_flip,
+                                          image.shape[:2], flip=args.flip,
                                           source=args.cam_source)
                 keys, cams = normalise_cams(mean_cam, label, args.cam_power)
                 save_cam(out_cam / f"{item['id']}.npz", keys, cams)

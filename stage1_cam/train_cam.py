@@ -6,7 +6,7 @@ Per step (docs/METHOD.md section 3): view 1 = the random crop x1, view 2 = bilin
       + ER + ECR                                              SEAM equivariance terms
       + 0.5 * L_fs(x1, cam1)                                  feature similarity loss (--fsl)
 
-Usage: python -m stage1_cam.train_cam --voc12_root DIR --session_name EXP/ckpts/cam [...]
+Usage: python -m stage1_cam.train_cam --data_root DIR --session_name EXP/ckpts/cam [...]
 Runs as one CPU process, one GPU, or ``torchrun --nproc_per_node K -m stage1_cam.train_cam``.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lib import dist
+from lib.cli import add_bool, not_in_paper
 from lib.datasets import ClassificationDataset, resolve_list
 from lib.errors import check_writable_dir, run_main
 from lib.io import load_cls_labels
@@ -40,31 +41,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resize_long", type=int, nargs=2, default=(448, 768),
                    help="RandomResizeLong range of the long side")
     p.add_argument("--cls_labels", default=None, help="image-level labels npz (default: the layout's)")
-    p.add_argument("--view2_scale", type=float, default=VIEW2_SCALE,
-                   help="SEAM's second view: the crop bilinearly downscaled by this factor (0.3, the "
-                        "original). Small crops need a larger factor: 0.3 of a 96 px demo crop is a "
-                        "4x4 CAM whose every cell touches the zero-padded border")
     # ICAM's flags.
     p.add_argument("--loss_weight", type=float, default=0.8,
                    help="w: (1-w) GAP + w importance sampling (0 = GAP only, 1 = IS only)")
-    p.add_argument("--loss_weight_warmup", type=int, default=0,
-                   help="ramp w linearly from 0 to --loss_weight over this many steps (0 = off, the "
-                        "original); importance sampling needs CAMs that already localise, which "
-                        "a network trained from random initialisation does not have at first")
     p.add_argument("--num_samples", type=int, default=100, help="importance samples per class")
     p.add_argument("--pooling", default="avg", choices=["avg", "max"], help="GAP-branch pooling")
-    p.add_argument("--rv_pooling", default="max", choices=["avg", "max"], help="revised-CAM pooling")
     p.add_argument("--sampling", default="icam", choices=["icam", "hfpl"],
                    help="importance sampling variant (hfpl = binomial/sigmoid extension)")
-    p.add_argument("--fsl", action=argparse.BooleanOptionalAction, default=True,
-                   help="feature similarity loss on view 1")
+    add_bool(p, "fsl", True, "feature similarity loss on view 1", old="--no_fsl")
     p.add_argument("--fsl_mu", type=float, default=2.5)
     p.add_argument("--fsl_sigma", type=float, default=5.0)
     p.add_argument("--fsl_mode", default="windowed", choices=["windowed", "dense"],
                    help="windowed = exact to 1e-4 within ceil(5 sigma), O(HW*window) memory; dense = original")
-    p.add_argument("--fsl_align_corners", action=argparse.BooleanOptionalAction, default=True,
-                   help="FSL colour input: the crop resized to the CAM size with align_corners=True "
-                        "(the original); --no-fsl_align_corners samples at the cells' centres")
+    demo = not_in_paper(p)
+    demo.add_argument("--view2_scale", type=float, default=VIEW2_SCALE,
+                      help="SEAM's second view: the crop bilinearly downscaled by this factor (the "
+                           "paper: 0.3). Small crops need a larger factor: 0.3 of a 96 px demo "
+                           "crop is a 4x4 CAM whose every cell touches the zero-padded border")
+    demo.add_argument("--loss_weight_warmup", type=int, default=0,
+                      help="ramp w linearly from 0 to --loss_weight over this many steps (the "
+                           "paper: 0 = off); importance sampling needs CAMs that already "
+                           "localise, which a network trained from random initialisation does "
+                           "not have at first")
+    demo.add_argument("--rv_pooling", default="max", choices=["avg", "max"],
+                      help="revised-CAM pooling (the paper: max; avg for training from scratch)")
+    demo.add_argument("--fsl_align_corners", action=argparse.BooleanOptionalAction, default=True,
+                      help="FSL colour input: the crop resized to the CAM size with "
+                           "align_corners=True (the original); --no-fsl_align_corners samples "
+                           "at the cells' centres")
     add_common_train_args(p)
     args = p.parse_args(argv)
     check_train_args(args, {"view2_scale": "(0, 1]", "loss_weight": "[0, 1]",
@@ -124,11 +128,11 @@ def main(argv=None) -> None:
     rank, world, device = dist.setup_distributed(args.device)
     dist.seed_everything(args.seed, rank)
 
-    layout, train_ids = resolve_list(args.dataset, args.voc12_root, args.train_list)
+    layout, train_ids = resolve_list(args.dataset, args.data_root, args.train_list)
     cls_labels = load_cls_labels(args.cls_labels or layout.cls_labels_path())
     dataset = ClassificationDataset(layout, cls_labels, crop=args.crop_size,
                                     resize_long=tuple(args.resize_long),
-                                    color_jitter=not args.no_color_jitter, ids=train_ids,
+                                    color_jitter=args.color_jitter, ids=train_ids,
                                     seed=args.seed)
     loader, sampler = make_loader(dataset, args.batch_size, rank, world, args.seed, args.num_workers)
 

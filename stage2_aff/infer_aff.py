@@ -14,7 +14,7 @@ CRF (``lib.crf.dense_crf``, ``--crf_iters`` mean-field iterations) before the ar
 Writes ``<out_rw>/<id>.png`` (lib.io label PNG); finished files are skipped unless --overwrite.
 
 Usage: python -m stage2_aff.infer_aff --weights EXP/ckpts/aff.pth --infer_list train_aug \
-         --voc12_root DIR --cam_dir EXP/plabels/train/cam --out_rw EXP/plabels/train/rw
+         --data_root DIR --cam_dir EXP/plabels/train/cam --out_rw EXP/plabels/train/rw
 Under ``torchrun --nproc_per_node K`` the ids are sharded over the processes.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lib.cli import add_bool, add_data_args, not_in_paper
 from lib.crf import dense_crf
 from lib.datasets import InferenceDataset, resolve_list
 from lib.datasets.layout import check_files_exist
@@ -42,8 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="trained AffinityNet (.pth state_dict)")
     p.add_argument("--infer_list", default="train_aug", help="split name or list file")
-    p.add_argument("--voc12_root", "--data_root", dest="voc12_root", required=True)
-    p.add_argument("--dataset", default="voc", choices=["voc", "coco"])
+    add_data_args(p)
     p.add_argument("--cam_dir", required=True, help="stage-1 CAM artifacts (<id>.npz)")
     p.add_argument("--out_rw", required=True, help="output folder of label PNGs")
     p.add_argument("--alpha", type=float, default=6, help="background power (1 - max_k M_k)^alpha")
@@ -51,22 +51,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--logt", type=int, default=6, help="walk length 2^logt")
     p.add_argument("--method", default="auto", choices=list(METHODS),
                    help="random-walk evaluation: dense (original T^(2^logt)), sparse, auto")
-    p.add_argument("--upscale", type=int, default=1,
-                   help="not in the paper: walk on the image enlarged by this factor, i.e. at output "
-                        "stride 8/upscale (the CPU demo's 96 px images give a 12x12 grid at stride 8; "
-                        "docs/DEMO.md); 1 = the paper")
-    p.add_argument("--crf", action="store_true", help="dense-CRF post-processing of the rw scores")
-    p.add_argument("--crf_iters", type=int, default=1,
-                   help="mean-field iterations of --crf (1 as in SEAM's infer_aff)")
-    p.add_argument("--backbone_width", type=float, default=1.0)
-    p.add_argument("--workers", "--num_workers", dest="workers", type=int, default=2,
-                   help="data-loading workers")
+    p.add_argument("--backbone_width", type=float, default=1.0,
+                   help="channel multiplier of ResNet-38 (1.0 = the paper)")
+    p.add_argument("--num_workers", "--workers", dest="num_workers", type=int, default=2,
+                   help="data-loading worker processes")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0)
+    demo = not_in_paper(p)
+    add_bool(demo, "crf", False, "dense-CRF post-processing of the rw scores (the paper: off; "
+             "SEAM's infer_aff has it; the from-scratch demo uses it)")
+    demo.add_argument("--crf_iters", type=int, default=1,
+                      help="mean-field iterations of --crf (1 as in SEAM's infer_aff)")
+    demo.add_argument("--upscale", type=int, default=1,
+                      help="walk on the image enlarged by this factor, i.e. at output stride "
+                           "8/upscale (the CPU demo's 96 px images give a 12x12 grid at stride 8; "
+                           "docs/DEMO.md); 1 = the paper")
     args = p.parse_args(argv)
-    check_args(args, {"alpha": "> 0", "beta": "> 0", "logt": ">= 0", "crf_iters": ">= 1", "upscale": ">= 1",
-                      "backbone_width": "> 0", "workers": ">= 0", "threads": ">= 0"})
+    check_args(args, {"alpha": "> 0", "beta": "> 0", "logt": ">= 0", "crf_iters": ">= 1",
+                      "upscale": ">= 1", "backbone_width": "> 0", "num_workers": ">= 0",
+                      "threads": ">= 0"})
     return args
 
 
@@ -120,7 +124,7 @@ def rw_scores(model, image: torch.Tensor, cams, alpha: float, beta: float,
 def main(argv=None) -> None:
     args = parse_args(argv)
     run = InferenceRun("infer_aff", args.device, args.threads)
-    layout, all_ids = resolve_list(args.dataset, args.voc12_root, args.infer_list)
+    layout, all_ids = resolve_list(args.dataset, args.data_root, args.infer_list)
     out = Path(args.out_rw)
     cam_dir = Path(args.cam_dir)
     if not cam_dir.is_dir():
@@ -129,7 +133,7 @@ def main(argv=None) -> None:
     if todo:
         dataset = _ImagesAndCams(layout, todo, cam_dir)  # every image and CAM file exists
         model = run.load_model(build_model("aff", width=args.backbone_width), args.weights)
-        for item in run.progress(run.loader(dataset, args.workers), len(todo)):
+        for item in run.progress(run.loader(dataset, args.num_workers), len(todo)):
             keys, cams = item["keys"], item["cams"]
             if keys.shape[0] == 0:  # no class: the walk would give background
                 label = np.zeros(item["image_uint8"].shape[:2], np.uint8)

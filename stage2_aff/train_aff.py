@@ -13,7 +13,7 @@ pair labels of the radius-5 neighbour pairs (``lib.affinity.extract_pair_labels`
 SGD (PolyOptimizer, lr x1/x2 backbone weights/biases, x10/x20 new layers f8_3, f8_4, f8_5, f9),
 max_step = (N_images // batch) * max_epoches.
 
-Usage: python -m stage2_aff.train_aff --voc12_root DIR --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params \
+Usage: python -m stage2_aff.train_aff --data_root DIR --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params \
          --la_crf_dir EXP/plabels/train/crf/alpha_2.0 --ha_crf_dir EXP/plabels/train/crf/alpha_4.0 \
          --session_name EXP/ckpts/aff
 Runs as one CPU process, one GPU, or ``torchrun --nproc_per_node K -m stage2_aff.train_aff``.
@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from lib import dist
+from lib.cli import not_in_paper
 from lib.affinity import extract_pair_labels
 from lib.datasets import AffinityDataset, resolve_list
 from lib.errors import UserError, check_writable_dir, run_main
@@ -43,10 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_weak_stage_args(p, session_default="aff")
     p.add_argument("--la_crf_dir", required=True, help="CRF maps of alpha 2 (crf/alpha_2.0)")
     p.add_argument("--ha_crf_dir", required=True, help="CRF maps of alpha 4 (crf/alpha_4.0)")
-    # Our additions (defaults = the original behaviour).
-    p.add_argument("--resize_long", type=int, nargs=2, default=None, metavar=("LO", "HI"),
-                   help="joint RandomResizeLong of image and CRF maps before the crop "
-                        "(the original has none)")
+    not_in_paper(p).add_argument(
+        "--resize_long", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+        help="joint RandomResizeLong of image and CRF maps before the crop (the paper: none)")
     add_common_train_args(p)
     args = p.parse_args(argv)
     check_train_args(args)
@@ -80,10 +80,10 @@ def main(argv=None) -> None:
     rank, world, device = dist.setup_distributed(args.device)
     dist.seed_everything(args.seed, rank)
 
-    layout, ids = resolve_list(args.dataset, args.voc12_root, args.train_list)
+    layout, ids = resolve_list(args.dataset, args.data_root, args.train_list)
     dataset = AffinityDataset(layout, ids, args.la_crf_dir, args.ha_crf_dir, crop=args.crop_size,
                               resize_long=tuple(args.resize_long) if args.resize_long else None,
-                              radius=RADIUS, color_jitter=not args.no_color_jitter, seed=args.seed)
+                              radius=RADIUS, color_jitter=args.color_jitter, seed=args.seed)
     dataset.check_files()
     loader, sampler = make_loader(dataset, args.batch_size, rank, world, args.seed, args.num_workers)
 

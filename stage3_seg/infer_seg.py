@@ -7,14 +7,14 @@ For an image I (H, W), scales S (TEST_SCALES) and flips F = {id, mirror} (TEST_F
 
 resize_s: bicubic to (round(H s), round(W s)) (the cv2 bicubic of the training rescale);
 up_{H,W}: bilinear, align_corners=True (the network's own upsampling convention). The CRF is
-``lib.crf.dense_crf`` (the stage-1 pairwise settings) and runs in a pool of ``--workers`` CPU
+``lib.crf.dense_crf`` (the stage-1 pairwise settings) and runs in a pool of ``--crf_workers`` CPU
 processes while the main process runs the network; labels are saved as palette PNGs.
 
 Usage::
 
     python -m stage3_seg.infer_seg --config voc/config_voc2012.py --weights EXP/ckpts/final.pth \\
-        --split val --out_dir EXP/results/val [--no-crf] [--scales 1.0] [--no-flip] \\
-        [--workers 4] [--overwrite] [--eval [--out_json F]]
+        --infer_list val --out_pred EXP/results/val [--no-crf] [--scales 1.0] [--no-flip] \\
+        [--crf_workers 4] [--overwrite] [--eval [--out_json F]]
     torchrun --nproc_per_node 4 -m stage3_seg.infer_seg ...     # images sharded over ranks
 
 Without ``--config`` the run config recorded by train_seg next to the weights
@@ -35,14 +35,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lib import dist
+from lib.cli import add_bool
 from lib.config import add_config_args, coerce_value, config_from_args, load_config
 from lib.crf import dense_crf
-from lib.datasets import InferenceDataset, get_layout
+from lib.datasets import InferenceDataset, resolve_list
 from lib.datasets.layout import check_files_exist
 from lib.errors import UserError, check_args, check_writable_dir, run_main
 from lib.evaluation import evaluate_dir, format_results, save_results_json
 from lib.inference import InferenceRun
-from lib.io import check_finite_output, read_list, save_label_png
+from lib.io import check_finite_output, save_label_png
 from lib.models import build_model
 from lib.training import autocast
 
@@ -110,17 +111,16 @@ def _finish(out_path: str, probs: np.ndarray, image_uint8: np.ndarray, use_crf: 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="trained DeepLab checkpoint (<session>.pth)")
-    p.add_argument("--split", default=None, help="split of the layout (default: config VAL_SPLIT)")
-    p.add_argument("--list", default=None, help="image list file (ids); default: the split's list")
-    p.add_argument("--out_dir", required=True, help="folder of <id>.png label maps")
-    p.add_argument("--no-crf", "--no_crf", dest="crf", action="store_false", default=None,
-                   help="skip the dense CRF (config TEST_CRF)")
-    p.add_argument("--crf", dest="crf", action="store_true", help="force the dense CRF on")
+    p.add_argument("--infer_list", "--split", "--list", dest="infer_list", default=None,
+                   help="split name of the layout or image list file (default: config VAL_SPLIT)")
+    p.add_argument("--out_pred", "--out_dir", dest="out_pred", required=True,
+                   help="folder of <id>.png label maps")
+    add_bool(p, "crf", None, "the dense CRF (default: config TEST_CRF)", old="--no_crf")
     p.add_argument("--scales", type=float, nargs="+", default=None,
                    help="test scales (config TEST_SCALES)")
-    p.add_argument("--no-flip", "--no_flip", dest="flip", action="store_false", default=None,
-                   help="no horizontal-flip pass (config TEST_FLIP)")
-    p.add_argument("--workers", type=int, default=2,
+    add_bool(p, "flip", None, "the horizontal-flip pass (default: config TEST_FLIP)",
+             old="--no_flip")
+    p.add_argument("--crf_workers", "--workers", dest="crf_workers", type=int, default=2,
                    help="CPU processes for the CRF and PNG writing (0: in the main process)")
     p.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
     p.add_argument("--eval", action="store_true",
@@ -130,9 +130,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    add_config_args(p, flags=["data_root", "backbone_width"], config_required=False)
+    add_config_args(p, flags=["data_root", "dataset", "backbone_width"], config_required=False)
     args = p.parse_args(argv)
-    check_args(args, {"scales": "> 0", "workers": ">= 0", "eval_workers": ">= 1",
+    check_args(args, {"scales": "> 0", "crf_workers": ">= 0", "eval_workers": ">= 1",
                       "threads": ">= 0"})
     return args
 
@@ -184,11 +184,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = resolve_config(args)
     run = InferenceRun("infer_seg", args.device, args.threads)
-    split = args.split or cfg["VAL_SPLIT"]
-    layout = get_layout(cfg["DATASET"], cfg["DATA_ROOT"], split)
-    ids = read_list(args.list) if args.list else layout.ids()  # UserError when empty
+    split = args.infer_list or cfg["VAL_SPLIT"]
+    layout, ids = resolve_list(cfg["DATASET"], cfg["DATA_ROOT"], split)
 
-    out_dir = Path(args.out_dir)
+    out_dir = Path(args.out_pred)
     todo = run.select(ids, lambda i: [out_dir / f"{i}.png"], args.overwrite)
     if args.out_json:
         check_writable_dir(Path(args.out_json).parent, "folder of --out_json")
@@ -205,7 +204,7 @@ def main(argv=None) -> None:
               f"CRF {cfg['TEST_CRF']}, {run.world} process(es)", file=sys.stderr)
 
     # Bound the probability maps waiting in the queue (each is K x H x W floats).
-    with run.pool(args.workers if todo else 0, max_pending=2 * args.workers) as pool:
+    with run.pool(args.crf_workers if todo else 0, max_pending=2 * args.crf_workers) as pool:
         for item in run.progress(run.loader(dataset, 0), len(todo)):
             with autocast(args.amp, run.device):
                 probs = multiscale_flip_probs(model, item["image"][None].to(run.device),

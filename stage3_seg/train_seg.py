@@ -15,9 +15,15 @@ segmentation codebase). Every BatchNorm trains its running statistics with momen
 
 Usage::
 
-    python -m stage3_seg.train_seg --config voc/config_voc2012.py \\
-        --pseudo_gt EXP/plabels/train/rw --session_name EXP/ckpts/final [--set KEY=VALUE ...]
+    python -m stage3_seg.train_seg --config voc/config_voc2012.py --data_root DIR \\
+        --pseudo_gt EXP/plabels/train/rw --session_name EXP/ckpts/final \\
+        [--crop_size 321 --batch_size 10 --lr 0.001 --max_steps 20000 ...] [--set KEY=VALUE ...]
     torchrun --nproc_per_node 4 -m stage3_seg.train_seg ...   # global BATCH split 3, 3, 2, 2
+
+The config file holds the dataset's defaults; every setting a rerun changes is also a flag with
+the name stages 1-2 use (``--crop_size`` = CROP, ``--batch_size`` = BATCH, ``--lr`` = LR,
+``--max_steps`` = ITERATIONS, ``--num_workers`` = WORKERS, ``--backbone_width``, ``--data_root``,
+``--weights`` = IMAGENET_WEIGHTS, ...); ``--set KEY=VALUE`` reaches every key and is applied last.
 
 Writes ``<session_name>.pth`` (plain state_dict), ``<session_name>.state.pth`` (for --resume),
 ``<session_name>.config.json`` (effective config + arguments) and TensorBoard logs in
@@ -35,10 +41,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lib import dist
+from lib.cli import add_bool, not_in_paper
 from lib.config import add_config_args, config_from_args
+from lib.datasets import SegmentationDataset, resolve_list
+from lib.datasets.transforms import denormalize
 from lib.errors import UserError, check_args, check_writable_dir, run_main
+from lib.losses.feature_similarity import feature_similarity_loss, fsl_image
+from lib.models import build_model, disable_dropout
+from lib.optim import build_optimizer
+from lib.overlay import hstack_pad, overlay_label
 from lib.training import (TrainingRun, add_common_train_args, autocast, channels_last,
-                          iterate_steps, make_loader)
+                          iterate_steps, load_backbone_weights, make_loader)
 
 IGNORE_INDEX = 255
 
@@ -51,13 +64,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train_list", default=None,
                    help="split name of the dataset layout, or a list file of ids "
                         "(default: config TRAIN_SPLIT)")
-    p.add_argument("--no-fsl", "--no_fsl", dest="fsl", action="store_false",
-                   help="train with cross entropy only (same as --set FSL_WEIGHT=0)")
+    add_bool(p, "fsl", True, "the feature similarity loss (--no-fsl: cross entropy only, same as "
+             "--set FSL_WEIGHT=0)", old="--no_fsl")
     p.add_argument("--fsl_mode", default="windowed", choices=["windowed", "dense"],
                    help="feature similarity loss implementation (windowed = exact within 5 sigma)")
-    p.add_argument("--fsl_align_corners", action=argparse.BooleanOptionalAction, default=True,
-                   help="FSL colour input: the crop resized to the cam size with align_corners=True "
-                        "(the original); --no-fsl_align_corners samples at the cells' centres")
+    not_in_paper(p).add_argument(
+        "--fsl_align_corners", action=argparse.BooleanOptionalAction, default=True,
+        help="FSL colour input: the crop resized to the cam size with align_corners=True (the "
+             "original); --no-fsl_align_corners samples at the cells' centres")
     p.add_argument("--tblog_dir", default=None, help="TensorBoard dir (default <session_name>_tb)")
     p.add_argument("--image_every", type=int, default=500,
                    help="log a prediction overlay to TensorBoard every N steps (0: never)")
@@ -87,8 +101,6 @@ def seg_loss(model: nn.Module, image: torch.Tensor, label: torch.Tensor, fsl_wei
     global one; the loss itself on one process, parts: the logged terms of the whole batch,
     logits).
     """
-    from lib.losses.feature_similarity import feature_similarity_loss, fsl_image
-
     logits, cam = model(image)
     n_valid = dist.all_reduce_sum((label != IGNORE_INDEX).sum().double())
     ce = F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX,
@@ -110,9 +122,6 @@ def seg_loss(model: nn.Module, image: torch.Tensor, label: torch.Tensor, fsl_wei
 
 def overlay_panel(image: torch.Tensor, logits: torch.Tensor, label: torch.Tensor) -> np.ndarray:
     """(H, 2W, 3) uint8 for TensorBoard: [prediction overlay | pseudo-label overlay] of one crop."""
-    from lib.datasets.transforms import denormalize
-    from tools.visualize import hstack_pad, overlay_label
-
     img = (denormalize(image.detach().float().cpu()) * 255).round().byte().permute(1, 2, 0).numpy()
     pred = logits.detach().argmax(0).cpu().numpy().astype(np.uint8)
     lab = label.detach().cpu().numpy().astype(np.uint8)
@@ -142,22 +151,14 @@ def resolve_imagenet_weights(args: argparse.Namespace, cfg: dict) -> str | None:
     return None
 
 
-def build_dataset(cfg: dict, args: argparse.Namespace, rank: int):
+def build_dataset(cfg: dict, args: argparse.Namespace) -> SegmentationDataset:
     """SegmentationDataset over the pseudo labels with the config's augmentation.
 
-    ``--train_list`` is a split name of the layout, or a list file (ids) read with the
-    layout of the config's TRAIN_SPLIT.
+    ``--train_list`` (default: config TRAIN_SPLIT) is a split name of the layout or a list file
+    of ids (``lib.datasets.resolve_list``, as in stages 1-2).
     """
-    from lib.datasets import SegmentationDataset, get_layout
-    from lib.datasets.transforms import RandomHorizontalFlip
-    from lib.io import read_list
-
-    ids = None
-    split = args.train_list or cfg["TRAIN_SPLIT"]
-    if args.train_list and ("/" in args.train_list or args.train_list.endswith(".txt")):
-        ids = read_list(args.train_list)
-        split = cfg["TRAIN_SPLIT"]
-    layout = get_layout(cfg["DATASET"], cfg["DATA_ROOT"], split)
+    layout, ids = resolve_list(cfg["DATASET"], cfg["DATA_ROOT"],
+                               args.train_list or cfg["TRAIN_SPLIT"])
     if layout.num_classes + 1 != cfg["NUM_CLASSES"]:
         raise UserError(f"config NUM_CLASSES={cfg['NUM_CLASSES']} but the dataset at "
                          f"{cfg['DATA_ROOT']} has {layout.num_classes} classes + background; "
@@ -166,12 +167,10 @@ def build_dataset(cfg: dict, args: argparse.Namespace, rank: int):
         raise UserError(f"{args.pseudo_gt}: --pseudo_gt is not a directory")
     # seed=--seed: each sample's augmentation draws from (seed, epoch, index), so they differ
     # between epochs (set_epoch reaches the loader's workers) and a resumed run repeats them.
-    ds = SegmentationDataset(layout, label_dir=args.pseudo_gt, crop=cfg["CROP"],
-                             scale=cfg["RANDOM_SCALE"], flip=cfg["FLIP"] > 0, hsv=cfg["HSV"],
-                             train=True, seed=args.seed, ids=ids)
-    if 0 < cfg["FLIP"] != 0.5:
-        ds.flip = RandomHorizontalFlip(cfg["FLIP"])  # the dataset's default flip is p = 0.5
-    return ds  # the dataset checked that every image and pseudo label exists
+    # The dataset checks that every image and pseudo label exists.
+    return SegmentationDataset(layout, label_dir=args.pseudo_gt, crop=cfg["CROP"],
+                               scale=cfg["RANDOM_SCALE"], flip=cfg["FLIP"], hsv=cfg["HSV"],
+                               train=True, seed=args.seed, ids=ids)
 
 
 def main(argv=None) -> None:
@@ -189,29 +188,22 @@ def main(argv=None) -> None:
               f"batch {cfg['BATCH']} is split over the processes, so the effective batch is "
               f"unchanged", file=sys.stderr)
 
-    from lib.models import build_model, disable_dropout
-    from lib.optim import build_optimizer
-    from lib.weights import load_imagenet_weights
-
-    dataset = build_dataset(cfg, args, rank)
+    dataset = build_dataset(cfg, args)
     loader, sampler = make_loader(dataset, cfg["BATCH"], rank, world, args.seed, cfg["WORKERS"])
 
     model = build_model("deeplabv1", num_classes=cfg["NUM_CLASSES"] - 1,
                         width=cfg["BACKBONE_WIDTH"], bn_momentum=cfg["BN_MOMENTUM"])
     if not args.dropout:
         disable_dropout(model)
-    weights = resolve_imagenet_weights(args, cfg)
-    if weights is not None:
-        load_imagenet_weights(model, weights)
-    elif dist.is_main():
-        print("train_seg: random initialisation (no ImageNet weights)", file=sys.stderr)
+    weights = load_backbone_weights(model, resolve_imagenet_weights(args, cfg), "train_seg")
+    if weights is None and dist.is_main():
         if cfg["BN_MOMENTUM"] * cfg["ITERATIONS"] < 3.0:
             # Inference uses the running statistics; with a tiny momentum they stay at their
             # initial values (mean 0, var 1) unless the trunk was pretrained.
             print(f"train_seg: WARNING: BN_MOMENTUM={cfg['BN_MOMENTUM']} over {cfg['ITERATIONS']} "
                   "iterations leaves the BatchNorm running statistics near their random-init "
                   "values, and eval-mode predictions degrade (often to all background); from "
-                  "scratch use --set BN_MOMENTUM=0.1", file=sys.stderr)
+                  "scratch use --bn_momentum 0.1", file=sys.stderr)
     if world > 1 and device.type == "cuda" and args.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if args.channels_last and device.type == "cpu":

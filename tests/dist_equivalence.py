@@ -84,7 +84,7 @@ def one_step(name: str, rank: int, world: int) -> dict:
     if name == "cam":
         from stage1_cam.train_cam import parse_args, stage1_loss
 
-        args = parse_args(["--voc12_root", "unused", "--loss_weight", "0", "--view2_scale", "0.5"])
+        args = parse_args(["--data_root", "unused", "--loss_weight", "0", "--view2_scale", "0.5"])
         loss, parts = stage1_loss(model, img, label, args)
     elif name == "aff":
         from lib.affinity import extract_pair_labels

@@ -22,5 +22,5 @@ def make_tiny_voc(root: Path, cls_labels: bool = True) -> Path:
     run("-m", "tools.make_synthetic_voc", "--out", str(root), "--num_train", "4", "--num_val", "2",
         "--size", "64", "--seed", "0")
     if cls_labels:
-        run("-m", "tools.make_cls_labels", "--voc_root", str(root))
+        run("-m", "tools.make_cls_labels", "--data_root", str(root))
     return root

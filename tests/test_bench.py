@@ -58,7 +58,7 @@ def test_bf16_training_check_passes_and_a_tighter_tolerance_fails(monkeypatch):
 
 def test_bench_pipeline_cli_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    run("-m", "tools.bench_pipeline", "--width", "0.0625", "--cam_crop", "32", "--cam_batch", "2",
+    run("-m", "tools.bench_pipeline", "--backbone_width", "0.0625", "--cam_crop", "32", "--cam_batch", "2",
         "--aff_crop", "96", "--aff_batch", "2", "--seg_crop", "32", "--seg_batch", "2",
         "--infer_size", "88", "96", "--stages", "aff", "--modes", "fp32", "bf16", "--repeats", "1",
         "--device", "cpu", "--json", str(out), timeout=300)
@@ -147,7 +147,7 @@ def test_train_cam_channels_last_flag_matches_contiguous(tmp_path):
     states = []
     for flag in ([], ["--channels_last"]):
         session = tmp_path / f"cam{len(flag)}"
-        run("-m", "stage1_cam.train_cam", "--voc12_root", str(voc), "--threads", "1",
+        run("-m", "stage1_cam.train_cam", "--data_root", str(voc), "--threads", "1",
             "--num_workers", "0", "--device", "cpu", "--weights", "none", "--backbone_width",
             "0.0625", "--crop_size", "64", "--resize_long", "64", "80", "--batch_size", "2",
             "--max_steps", "2", "--train_list", "train", "--session_name", str(session), *flag)

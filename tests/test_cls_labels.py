@@ -45,7 +45,7 @@ def real_root(shared_dir, tmp_path):
 
 def test_real_voc_annotations(real_root):
     root, src = real_root
-    mcl.main(["--voc_root", str(root)])
+    mcl.main(["--data_root", str(root)])
     ids, labels, names = _load(root / "cls_labels.npz")
     assert names == list(VOC_CLASSES) and labels.dtype == np.uint8 and labels.shape == (len(ids), 20)
     lab = dict(zip(ids, labels))
@@ -65,7 +65,7 @@ def test_real_voc_000033(real_root):
         pytest.skip(f"{xml} not in the shared samples (only its JPEG/PNG are)")
     # independent reading: object-level names by regex (a <name> right after <object>)
     expected = set(re.findall(r"<object>\s*<name>\s*(\w+)\s*</name>", xml.read_text())) & set(VOC_CLASSES)
-    mcl.main(["--voc_root", str(root)])
+    mcl.main(["--data_root", str(root)])
     ids, labels, names = _load(root / "cls_labels.npz")
     assert _names(labels[ids.index("2007_000033")], names) == expected
     gt = load_label_png(src / "2007_000033.png")
@@ -99,7 +99,7 @@ def test_classes_txt_and_lists(tmp_path):
     (lists / "train.txt").write_text("i2\ni1\n")
     (lists / "val.txt").write_text("i1\n")
     out = tmp_path / "labels.npz"
-    mcl.main(["--voc_root", str(root), "--out", str(out), "--list", "train", str(lists / "val.txt")])
+    mcl.main(["--data_root", str(root), "--out", str(out), "--list", "train", str(lists / "val.txt")])
     ids, labels, names = _load(out)
     assert names == list(SYNTHETIC_CLASSES)
     assert ids == ["i2", "i1"]                 # union, first-seen order, no duplicate
@@ -112,21 +112,21 @@ def test_missing_and_malformed_xml(tmp_path):
     (ann / "ok.xml").write_text(_xml([("dog", 0)]))
     (ann / "bad.xml").write_text("<annotation><object><name>dog</name></annotation>")
     with pytest.raises((UserError, OSError), match=r"bad\.xml.*malformed"):
-        mcl.main(["--voc_root", str(tmp_path)])
+        mcl.main(["--data_root", str(tmp_path)])
     lst = tmp_path / "l.txt"
     lst.write_text("ok\nmissing\n")
     with pytest.raises((UserError, OSError), match=r"missing\.xml"):
-        mcl.main(["--voc_root", str(tmp_path), "--list", str(lst)])
+        mcl.main(["--data_root", str(tmp_path), "--list", str(lst)])
     with pytest.raises((UserError, OSError), match="nope"):
-        mcl.main(["--voc_root", str(tmp_path), "--list", "nope"])
+        mcl.main(["--data_root", str(tmp_path), "--list", "nope"])
     with pytest.raises((UserError, OSError), match="Annotations"):
-        mcl.main(["--voc_root", str(tmp_path / "elsewhere")])
+        mcl.main(["--data_root", str(tmp_path / "elsewhere")])
 
 
 def test_synthetic_set_labels_match_label_maps(tmp_path):
     root = tmp_path / "synth"
     msv.main(["--out", str(root), "--num_train", "6", "--num_val", "2", "--size", "64", "--seed", "5"])
-    mcl.main(["--voc_root", str(root), "--list", "train_aug", "val"])
+    mcl.main(["--data_root", str(root), "--list", "train_aug", "val"])
     ids, labels, names = _load(root / "cls_labels.npz")
     assert names == list(SYNTHETIC_CLASSES) and len(ids) == 8
     for i, row in zip(ids, labels):

@@ -134,7 +134,7 @@ def test_flags_override_config_only_when_given(repo_root):
     cfg = config_from_args(p.parse_args(["--config", str(repo_root / VOC)]))
     assert cfg["ITERATIONS"] == 20000 and cfg["BACKBONE_WIDTH"] == 1.0 and cfg["BATCH"] == 10
     args = p.parse_args(["--config", str(repo_root / VOC), "--max_steps", "7", "--lr", "0.5",
-                         "--batch_size", "4", "--crop", "96", "--backbone_width", "0.125",
+                         "--batch_size", "4", "--crop_size", "96", "--backbone_width", "0.125",
                          "--weights", "none", "--data_root", "/d",
                          "--set", "LR=0.25", "--set", "TEST_SCALES=(1.0, 2.0)"])
     cfg = config_from_args(args)

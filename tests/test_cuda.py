@@ -52,7 +52,7 @@ def test_ddp_nccl_two_gpus_train_cam(tmp_path):
     session = tmp_path / "cam"
     run("-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        "-m", "stage1_cam.train_cam", "--voc12_root", str(voc), "--device", "cuda",
+        "-m", "stage1_cam.train_cam", "--data_root", str(voc), "--device", "cuda",
         "--num_workers", "0", "--weights", "none", "--backbone_width", "0.0625",
         "--crop_size", "64", "--resize_long", "64", "80", "--batch_size", "4", "--max_steps", "2",
         "--train_list", "train", "--session_name", str(session), "--amp", timeout=300)

@@ -239,10 +239,10 @@ def test_make_train_aug_is_sorted_difference(tmp_path):
     root = _voc_root(tmp_path, ["c", "a", "b", "v1", "v2"], ["v2", "v1", "z"], ["a", "b", "c"])
     (root / "SegmentationClassAug" / "._a.png").write_bytes(b"fork")
     assert make_train_aug(root) == ["a", "b", "c"]
-    assert main(["--voc_root", str(root), "--expect", "3"]) == 0
+    assert main(["--data_root", str(root), "--expect", "3"]) == 0
     assert (root / "ImageSets/Segmentation/train_aug.txt").read_text() == "a\nb\nc\n"
     with pytest.raises((UserError, OSError), match="3 train_aug ids, expected 10582"):
-        main(["--voc_root", str(root), "--expect", "10582"])
+        main(["--data_root", str(root), "--expect", "10582"])
 
 
 def test_make_train_aug_errors(tmp_path):
@@ -252,7 +252,7 @@ def test_make_train_aug_errors(tmp_path):
         make_train_aug(root)
     assert make_train_aug(root, check_images=False) == ["a", "b"]
     with pytest.raises((UserError, OSError), match="SegmentationClassAug"):
-        main(["--voc_root", str(tmp_path / "missing")])
+        main(["--data_root", str(tmp_path / "missing")])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +336,7 @@ def test_coco_category_mapping_by_hand(coco_root):
 
 def test_process_coco_labels(coco_root):
     from tools.process_coco import main
-    assert main(["--coco_root", str(coco_root), "--split", "val2014", "--workers", "1", "--no_progress"]) == 0
+    assert main(["--data_root", str(coco_root), "--split", "val2014", "--workers", "1", "--no-progress"]) == 0
     ids = ["000000000009", "000000000139", "000000581929"]
     assert read_list(coco_root / "ImageSets" / "val2014.txt") == ids
 
@@ -381,7 +381,7 @@ def test_process_coco_class_file(tmp_path):
     root = tmp_path / "coco"
     (root / "annotations").mkdir(parents=True)
     (root / "annotations" / "instances_val2017.json").write_text(json.dumps(coco_json(list(COCO_CLASSES))))
-    args = ["--coco_root", str(root), "--split", "val2017", "--workers", "1", "--no_progress"]
+    args = ["--data_root", str(root), "--split", "val2017", "--workers", "1", "--no-progress"]
     assert main(args) == 0
     assert not (root / "classes.txt").exists()  # the real COCO names need no override
     with np.load(root / "cls_labels_val2017.npz", allow_pickle=False) as z:
@@ -395,7 +395,7 @@ def test_process_coco_matches_pycocotools_annToMask(coco_root):
     """Whole-array check against a straightforward reference painter built on COCO.annToMask."""
     from pycocotools.coco import COCO
     from tools.process_coco import main
-    main(["--coco_root", str(coco_root), "--split", "val2014", "--workers", "2", "--no_progress"])
+    main(["--data_root", str(coco_root), "--split", "val2014", "--workers", "2", "--no-progress"])
     import contextlib
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(coco_root / "annotations" / "instances_val2014.json"))
@@ -412,7 +412,7 @@ def test_process_coco_matches_pycocotools_annToMask(coco_root):
 def test_process_coco_skips_existing_unless_overwrite(coco_root):
     from lib.io import save_label_png
     from tools.process_coco import main
-    args = ["--coco_root", str(coco_root), "--split", "val2014", "--workers", "1", "--no_progress"]
+    args = ["--data_root", str(coco_root), "--split", "val2014", "--workers", "1", "--no-progress"]
     main(args)
     png = coco_root / "SegmentationClass/val2014/000000000009.png"
     save_label_png(png, np.full((H, W), 7, np.uint8))
@@ -429,9 +429,9 @@ def test_process_coco_bad_input(coco_root):
     bad = coco_root / "annotations" / "instances_bad.json"
     bad.write_text(json.dumps(data))
     with pytest.raises((UserError, OSError), match=r"instances_bad\.json: annotation 99 has unknown category 12"):
-        main(["--coco_root", str(coco_root), "--split", "bad", "--workers", "1", "--no_progress"])
+        main(["--data_root", str(coco_root), "--split", "bad", "--workers", "1", "--no-progress"])
     with pytest.raises((UserError, OSError), match="instances_missing.json does not exist"):
-        main(["--coco_root", str(coco_root), "--split", "missing", "--no_progress"])
+        main(["--data_root", str(coco_root), "--split", "missing", "--no-progress"])
 
 
 def test_config_coco_local_mirror(tmp_path):

@@ -21,7 +21,7 @@ def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("ds") / "voc"
     make_synthetic_voc.main(["--out", str(root), "--num_train", "4", "--num_val", "2",
                              "--size", str(SIZE), "--seed", "1"])
-    make_cls_labels.main(["--voc_root", str(root)])
+    make_cls_labels.main(["--data_root", str(root)])
     return root
 
 

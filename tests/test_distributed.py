@@ -150,7 +150,7 @@ def test_stage1_fsl_term_is_the_originals():
     model = build_model("cam", num_classes=4, width=0.0625).eval()
     img = (torch.rand(2, 3, 64, 64) - MEAN) / STD
     label = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]])
-    args = parse_args(["--voc12_root", "unused", "--loss_weight", "0"])
+    args = parse_args(["--data_root", "unused", "--loss_weight", "0"])
     _, parts = stage1_loss(model, img, label, args)
     with torch.no_grad():
         want = _original_fsl(img, model(img).cam)

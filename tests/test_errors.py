@@ -39,7 +39,7 @@ def voc(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("errors") / "voc"
     generate(root, 4, 2, 64, 0, False)
-    make_cls_labels(["--voc_root", str(root)])
+    make_cls_labels(["--data_root", str(root)])
     return root
 
 
@@ -284,7 +284,7 @@ def test_train_seg_rejects_invalid_overrides(capsys, tmp_path, override, needle)
 
 
 def train_cam_argv(voc: Path, session: Path, *extra: str) -> list[str]:
-    return ["--voc12_root", str(voc), "--threads", "1", "--num_workers", "0", "--device", "cpu",
+    return ["--data_root", str(voc), "--threads", "1", "--num_workers", "0", "--device", "cpu",
             "--weights", "none", "--backbone_width", WIDTH, "--crop_size", "64", "--resize_long",
             "64", "80", "--batch_size", "2", "--max_steps", "1", "--train_list", "train",
             "--session_name", str(session), *extra]
@@ -320,7 +320,7 @@ def test_train_cam_rejects_invalid_flags(capsys, voc, tmp_path, flag, value, nee
 def test_train_aff_rejects_invalid_flags(capsys, voc, tmp_path, flag, value, needle):
     from stage2_aff.train_aff import main
 
-    argv = ["--voc12_root", str(voc), "--la_crf_dir", str(tmp_path), "--ha_crf_dir",
+    argv = ["--data_root", str(voc), "--la_crf_dir", str(tmp_path), "--ha_crf_dir",
             str(tmp_path), "--session_name", str(tmp_path / "aff"), flag, value]
     assert needle in fail(capsys, main, "train_aff", argv)
 
@@ -351,7 +351,7 @@ def test_train_aff_missing_crf_files_named(capsys, voc, tmp_path):
 
     la, ha = tmp_path / "la", tmp_path / "ha"
     la.mkdir(), ha.mkdir()
-    argv = ["--voc12_root", str(voc), "--la_crf_dir", str(la), "--ha_crf_dir", str(ha),
+    argv = ["--data_root", str(voc), "--la_crf_dir", str(la), "--ha_crf_dir", str(ha),
             "--session_name", str(tmp_path / "aff"), "--train_list", "train", "--device", "cpu",
             "--num_workers", "0", "--crop_size", "64", "--batch_size", "2"]
     line = fail(capsys, main, "train_aff", argv)
@@ -362,7 +362,7 @@ def test_train_aff_missing_crf_files_named(capsys, voc, tmp_path):
 
 
 def infer_cam_argv(voc: Path, weights: Path, out: Path, *extra: str) -> list[str]:
-    return ["--weights", str(weights), "--infer_list", "val", "--voc12_root", str(voc),
+    return ["--weights", str(weights), "--infer_list", "val", "--data_root", str(voc),
             "--out_cam", str(out / "cam"), "--out_crf", str(out / "crf"), "--backbone_width",
             WIDTH, "--scales", "1.0", "--crf_workers", "0", "--num_workers", "0", "--device",
             "cpu", "--threads", "1", *extra]
@@ -427,9 +427,9 @@ def aff_setup(voc: Path, tmp_path: Path, nan: bool = False):
 
 
 def infer_aff_argv(voc, weights, cam_dir, out) -> list[str]:
-    return ["--weights", str(weights), "--infer_list", "val", "--voc12_root", str(voc),
+    return ["--weights", str(weights), "--infer_list", "val", "--data_root", str(voc),
             "--cam_dir", str(cam_dir), "--out_rw", str(out), "--backbone_width", WIDTH,
-            "--workers", "0", "--device", "cpu", "--threads", "1", "--overwrite"]
+            "--num_workers", "0", "--device", "cpu", "--threads", "1", "--overwrite"]
 
 
 @pytest.mark.parametrize("corrupt, needle", [
@@ -478,19 +478,19 @@ def test_infer_seg_nan_network_and_bad_list(capsys, voc, tmp_path):
              for k, v in model.state_dict().items()}
     torch.save(state, tmp_path / "seg.pth")
     out = tmp_path / "pred"
-    base = ["--config", str(VOC_CONFIG), "--weights", str(tmp_path / "seg.pth"), "--out_dir",
+    base = ["--config", str(VOC_CONFIG), "--weights", str(tmp_path / "seg.pth"), "--out_pred",
             str(out), "--set", "DATASET=synthetic", "--set", f"DATA_ROOT={voc}", "--set",
             f"NUM_CLASSES={NUM_CLASSES + 1}", "--set", f"BACKBONE_WIDTH={WIDTH}", "--no-crf",
-            "--scales", "1.0", "--no-flip", "--workers", "0", "--device", "cpu", "--threads", "1"]
+            "--scales", "1.0", "--no-flip", "--crf_workers", "0", "--device", "cpu", "--threads", "1"]
     first = val_ids(voc)[0]
     line = fail(capsys, main, "infer_seg", base, code=1)
     assert line.startswith(f"infer_seg: error: {out}/{first}.png (image {first}): the network")
     assert list(out.iterdir()) == []
     (tmp_path / "empty.txt").write_text("")
-    line = fail(capsys, main, "infer_seg", base + ["--list", str(tmp_path / "empty.txt")])
+    line = fail(capsys, main, "infer_seg", base + ["--infer_list", str(tmp_path / "empty.txt")])
     assert line == f"infer_seg: error: {tmp_path}/empty.txt: the image list is empty"
     (tmp_path / "ghost.txt").write_text("ghost\n")
-    line = fail(capsys, main, "infer_seg", base + ["--list", str(tmp_path / "ghost.txt")])
+    line = fail(capsys, main, "infer_seg", base + ["--infer_list", str(tmp_path / "ghost.txt")])
     assert line.startswith(f"infer_seg: error: {voc}/JPEGImages/ghost.jpg: image does not exist")
 
 
@@ -509,7 +509,7 @@ def cam_eval_setup(tmp_path: Path, value: float):
     write_npz(pred / "b.npz", keys=np.array([0]), cams=x)
     (tmp_path / "list.txt").write_text("a\nb\n")
     return ["--pred_dir", str(pred), "--gt_dir", str(gt), "--list", str(tmp_path / "list.txt"),
-            "--num_classes", "2", "--workers", "1", "--no_progress", "--type", "cam"]
+            "--num_classes", "2", "--eval_workers", "1", "--no-progress", "--type", "cam"]
 
 
 @pytest.mark.parametrize("value, needle", [
@@ -592,7 +592,7 @@ def test_collect_results_names_a_broken_json(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("module, argv, code, needle", [
-    ("stage1_cam.train_cam", ["--voc12_root", ".", "--lr", "-1"], 2,
+    ("stage1_cam.train_cam", ["--data_root", ".", "--lr", "-1"], 2,
      "train_cam: error: --lr: must be > 0, got -1.0"),
     ("stage3_seg.train_seg", ["--config", "voc/config_voc2012.py", "--pseudo_gt", ".",
                               "--session_name", "x", "--set", "BN_MOMENTUM=2.0"], 2,

@@ -189,8 +189,8 @@ def test_cli_json_schema_and_table(tmp_path, capsys):
     _write_dataset(tmp_path, [(gt, pred)])
     out = tmp_path / "res" / "r.json"
     rc = cli_main(["--pred_dir", str(tmp_path / "pred"), "--gt_dir", str(tmp_path / "gt"), "--list",
-                   str(tmp_path / "list.txt"), "--num_classes", "5", "--workers", "1", "--out_json", str(out),
-                   "--title", "hand case", "--no_progress"])
+                   str(tmp_path / "list.txt"), "--num_classes", "5", "--eval_workers", "1", "--out_json", str(out),
+                   "--title", "hand case", "--no-progress"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "hand case" in text and "class_0" in text and "background" in text
@@ -215,8 +215,8 @@ def _run_cli_error(tmp_path, capsys, n=2, extra=()):
     with pytest.raises(SystemExit) as e:
         run_main(cli_main, "evaluate",
                  ["--pred_dir", str(tmp_path / "pred"), "--gt_dir", str(tmp_path / "gt"), "--list",
-                  str(tmp_path / "list.txt"), "--num_classes", str(n), "--workers", "1",
-                  "--no_progress", *extra])
+                  str(tmp_path / "list.txt"), "--num_classes", str(n), "--eval_workers", "1",
+                  "--no-progress", *extra])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("evaluate: error: ") and "\n" not in err and "Traceback" not in err
@@ -259,7 +259,7 @@ def test_cli_exit_code_subprocess(tmp_path, repo_root):
     (tmp_path / "pred").mkdir()
     r = subprocess.run([sys.executable, "-m", "tools.evaluate", "--pred_dir", str(tmp_path / "pred"),
                         "--gt_dir", str(tmp_path / "gt"), "--list", str(tmp_path / "list.txt"),
-                        "--num_classes", "2", "--workers", "1"], cwd=repo_root, capture_output=True, text=True)
+                        "--num_classes", "2", "--eval_workers", "1"], cwd=repo_root, capture_output=True, text=True)
     assert r.returncode != 0
     assert "img000.png" in r.stderr and "missing" in r.stderr
 
@@ -343,7 +343,7 @@ def test_cli_bg_sweep(tmp_path, capsys):
     out = tmp_path / "s.json"
     cli_main(["--pred_dir", str(tmp_path / "cam"), "--gt_dir", str(tmp_path / "gt"), "--list",
               str(tmp_path / "list.txt"), "--num_classes", "3", "--type", "cam", "--bg_sweep",
-              "--workers", "2", "--out_json", str(out), "--no_progress"])
+              "--eval_workers", "2", "--out_json", str(out), "--no-progress"])
     res = json.loads(out.read_text())
     sw = res["bg_sweep"]
     assert len(sw["thresholds"]) == 60 and sw["thresholds"][0] == 0.0 and sw["thresholds"][-1] == 0.59

@@ -97,7 +97,7 @@ def voc(tmp_path_factory):
 
 
 def cam_train_argv(voc: Path, session: Path, steps: int, *extra: str) -> list[str]:
-    return ["--voc12_root", str(voc), "--threads", "1", "--num_workers", "0", "--device", "cpu",
+    return ["--data_root", str(voc), "--threads", "1", "--num_workers", "0", "--device", "cpu",
             "--weights", "none", "--backbone_width", WIDTH, "--crop_size", "64",
             "--resize_long", "64", "80", "--batch_size", "2", "--max_steps", str(steps),
             "--train_list", "train", "--session_name", str(session), *extra]
@@ -113,7 +113,7 @@ def test_checkpoint_of_another_class_count_is_one_clear_error(voc, tmp_path, cap
     save_checkpoint(build_model("cam", num_classes=20, width=0.125).state_dict(), weights)
     out = tmp_path / "cam_out"
     with pytest.raises(SystemExit) as exit_:
-        run_main(main, "infer_cam", ["--weights", str(weights), "--voc12_root", str(voc),
+        run_main(main, "infer_cam", ["--weights", str(weights), "--data_root", str(voc),
                                      "--infer_list", "val", "--out_cam", str(out),
                                      "--backbone_width", WIDTH, "--device", "cpu",
                                      "--num_workers", "0", "--threads", "1"])
@@ -266,7 +266,7 @@ def test_runner_stages_with_commas_and_any_data_root_path(tmp_path):
         if c[0] == "-c":
             assert root in c[1:] and root not in c[1]
     cam = module_call(tmp_path, "stage1_cam.train_cam")
-    assert cam[cam.index("--voc12_root") + 1] == root
+    assert cam[cam.index("--data_root") + 1] == root
     assert cam[cam.index("--save_every") + 1] == "7" and "--resume" not in cam
     seg = module_call(tmp_path, "stage3_seg.train_seg")
     assert seg[seg.index("--save_every") + 1] == "7"

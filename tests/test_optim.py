@@ -121,8 +121,8 @@ def test_lr_mults_replace_the_group_multipliers():
 
 
 @pytest.mark.parametrize("module, base", [
-    ("stage1_cam.train_cam", ["--voc12_root", "x"]),
-    ("stage2_aff.train_aff", ["--voc12_root", "x", "--la_crf_dir", "a", "--ha_crf_dir", "b"]),
+    ("stage1_cam.train_cam", ["--data_root", "x"]),
+    ("stage2_aff.train_aff", ["--data_root", "x", "--la_crf_dir", "a", "--ha_crf_dir", "b"]),
 ])
 def test_lr_mults_flag_default_and_override(module, base):
     import importlib

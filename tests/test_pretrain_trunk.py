@@ -22,9 +22,9 @@ FIXTURE_KEYS = Path(__file__).resolve().parents[2] / "shared/fixtures/resnet38d_
 
 
 def _pretrain(out: Path, *extra: str) -> Path:
-    pt.main(["--out", str(out), "--width", str(WIDTH), "--size", "32", "--batch_size", "4",
+    pt.main(["--out", str(out), "--backbone_width", str(WIDTH), "--size", "32", "--batch_size", "4",
              "--max_steps", "4", "--warmup_steps", "1", "--val_images", "4", "--val_every", "2",
-             "--save_every", "2", "--threads", "1", "--tblog_dir", "none", "--no_progress",
+             "--save_every", "2", "--threads", "1", "--tblog_dir", "none", "--no-progress",
              "--fp16", *extra])
     return out
 

@@ -37,7 +37,7 @@ CPU = ["--threads", "1", "--num_workers", "0", "--device", "cpu"]
 
 
 def train_args(voc: Path, session: Path, steps: int, *extra: str) -> list[str]:
-    return ["-m", "stage1_cam.train_cam", "--voc12_root", str(voc), *CPU, "--weights", "none",
+    return ["-m", "stage1_cam.train_cam", "--data_root", str(voc), *CPU, "--weights", "none",
             "--backbone_width", WIDTH, "--crop_size", "64", "--resize_long", "64", "80",
             "--batch_size", "2", "--max_steps", str(steps), "--train_list", "train",
             "--session_name", str(session), *extra]
@@ -170,7 +170,7 @@ def test_train_torchrun_two_processes(synth):
 
 def infer_args(synth, out: Path, *extra: str, crf_workers: int = 0) -> list[str]:
     return ["-m", "stage1_cam.infer_cam", "--weights", f"{synth.session}.pth", "--infer_list", "val",
-            "--voc12_root", str(synth.voc), "--out_cam", str(out / "cam"), "--out_crf",
+            "--data_root", str(synth.voc), "--out_cam", str(out / "cam"), "--out_crf",
             str(out / "crf"), "--backbone_width", WIDTH, "--scales", "1.0", "0.5",
             "--crf_workers", str(crf_workers), "--num_workers", "0", "--device", "cpu",
             "--threads", "1", *extra]
@@ -432,7 +432,7 @@ def test_normalise_cams_hand_computed():
 
 
 def _loss_setup(*flags):
-    args = parse_args(["--voc12_root", "unused", *flags])
+    args = parse_args(["--data_root", "unused", *flags])
     torch.manual_seed(0)
     model = build_model("cam", num_classes=NUM_CLASSES, width=float(WIDTH))
     img = torch.randn(2, 3, 64, 64)
@@ -464,7 +464,7 @@ def test_stage1_loss_fsl_term():
     args, model, img, label = _loss_setup()
     model.eval()  # dropout off, so both evaluations see the same maps
     loss, parts = stage1_loss(model, img, label, args, torch.Generator().manual_seed(0))
-    args_nofsl = parse_args(["--voc12_root", "unused", "--no-fsl"])
+    args_nofsl = parse_args(["--data_root", "unused", "--no-fsl"])
     loss0, parts0 = stage1_loss(model, img, label, args_nofsl, torch.Generator().manual_seed(0))
     assert "fsl" not in parts0 and torch.isfinite(loss0)
     assert parts0["total"] == pytest.approx(parts0["cls"] + parts0["er"] + parts0["ecr"], rel=1e-5)

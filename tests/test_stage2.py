@@ -226,7 +226,7 @@ def test_dataset_errors(synth, tmp_path):
 
 
 def _train_args(synth, session, extra=()):
-    return ["-m", "stage2_aff.train_aff", "--voc12_root", str(synth["voc"]), "--train_list", "train",
+    return ["-m", "stage2_aff.train_aff", "--data_root", str(synth["voc"]), "--train_list", "train",
             "--la_crf_dir", str(synth["la"]), "--ha_crf_dir", str(synth["ha"]), "--weights", "none",
             "--backbone_width", WIDTH, "--crop_size", "64", "--batch_size", "2", "--max_steps", "2",
             "--num_workers", "0", "--threads", "1", "--device", "cpu",
@@ -280,16 +280,16 @@ def test_train_torchrun_two_processes(synth, trained):
 def _infer(synth, trained, out, extra=(), infer_list="val"):
     from stage2_aff import infer_aff
 
-    infer_aff.main(["--weights", f"{trained}.pth", "--voc12_root", str(synth["voc"]),
+    infer_aff.main(["--weights", f"{trained}.pth", "--data_root", str(synth["voc"]),
                     "--infer_list", infer_list, "--cam_dir", str(synth["cam"]), "--out_rw", str(out),
-                    "--backbone_width", WIDTH, "--workers", "0", "--device", "cpu", *extra])
+                    "--backbone_width", WIDTH, "--num_workers", "0", "--device", "cpu", *extra])
 
 
 def test_infer_writes_valid_labels_and_skips(synth, trained, capsys):
     out = synth["tmp"] / "rw"
-    run("-m", "stage2_aff.infer_aff", "--weights", f"{trained}.pth", "--voc12_root", str(synth["voc"]),
+    run("-m", "stage2_aff.infer_aff", "--weights", f"{trained}.pth", "--data_root", str(synth["voc"]),
         "--infer_list", "val", "--cam_dir", str(synth["cam"]), "--out_rw", str(out),
-        "--backbone_width", WIDTH, "--workers", "0", "--device", "cpu", "--threads", "1")
+        "--backbone_width", WIDTH, "--num_workers", "0", "--device", "cpu", "--threads", "1")
     ids = get_layout("voc", synth["voc"], "val").ids()
     assert sorted(p.stem for p in out.glob("*.png")) == sorted(ids)
     for i in ids:
@@ -342,9 +342,9 @@ def test_infer_no_class_is_background(synth, trained, tmp_path):
     from stage2_aff import infer_aff
 
     (tmp_path / "one.txt").write_text(f"{i}\n")
-    infer_aff.main(["--weights", f"{trained}.pth", "--voc12_root", str(synth["voc"]),
+    infer_aff.main(["--weights", f"{trained}.pth", "--data_root", str(synth["voc"]),
                     "--infer_list", str(tmp_path / "one.txt"), "--cam_dir", str(cam_dir),
-                    "--out_rw", str(tmp_path / "rw"), "--backbone_width", WIDTH, "--workers", "0",
+                    "--out_rw", str(tmp_path / "rw"), "--backbone_width", WIDTH, "--num_workers", "0",
                     "--device", "cpu"])
     lab = load_label_png(tmp_path / "rw" / f"{i}.png")
     assert lab.shape == (64, 64) and not lab.any()
@@ -359,9 +359,9 @@ def test_infer_torchrun_shards_ids(synth, trained):
     r = subprocess.run([str(torchrun), "--nnodes", "1", "--nproc_per_node", "2",
                         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
                         "-m", "stage2_aff.infer_aff", "--weights", f"{trained}.pth",
-                        "--voc12_root", str(synth["voc"]), "--infer_list", "train",
+                        "--data_root", str(synth["voc"]), "--infer_list", "train",
                         "--cam_dir", str(synth["cam"]), "--out_rw", str(out),
-                        "--backbone_width", WIDTH, "--workers", "0", "--device", "cpu",
+                        "--backbone_width", WIDTH, "--num_workers", "0", "--device", "cpu",
                         "--threads", "1"],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -142,7 +142,7 @@ def _train_args(root, session):
     return ["-m", "stage3_seg.train_seg", "--config", "voc/config_voc2012.py",
             "--pseudo_gt", str(root / "SegmentationClass"), "--session_name", str(session),
             "--data_root", str(root), "--set", "NUM_CLASSES=6", "--set", "WORKERS=0",
-            "--backbone_width", WIDTH, "--crop", "64", "--batch_size", "2", "--max_steps", "2",
+            "--backbone_width", WIDTH, "--crop_size", "64", "--batch_size", "2", "--max_steps", "2",
             "--device", "cpu", "--threads", "1", "--image_every", "1"]
 
 
@@ -203,8 +203,8 @@ def test_torchrun_two_processes_produce_the_same_checkpoint_keys(synth, trained,
     # inference under torchrun: each rank takes its shard of the val ids
     out = tmp_path / "val"
     r = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-              "-m", "stage3_seg.infer_seg", "--weights", f"{ddp}.pth", "--out_dir", str(out),
-              "--scales", "1.0", "--no-flip", "--no-crf", "--workers", "0", "--threads", "1",
+              "-m", "stage3_seg.infer_seg", "--weights", f"{ddp}.pth", "--out_pred", str(out),
+              "--scales", "1.0", "--no-flip", "--no-crf", "--crf_workers", "0", "--threads", "1",
               "--device", "cpu"], timeout=180)
     assert "0 of 1 images already done (rank 0 of 2)" in r.stdout
     ids = read_list(synth / "ImageSets" / "Segmentation" / "val.txt")
@@ -226,8 +226,8 @@ def test_infer_writes_all_val_pngs_then_skips_them(synth, trained, tmp_path):
     session, _ = trained
     out = tmp_path / "results" / "val"
     # no --config: the run config recorded next to the weights is used
-    args = ["-m", "stage3_seg.infer_seg", "--weights", f"{session}.pth", "--split", "val",
-            "--out_dir", str(out), "--scales", "0.5", "1.0", "--workers", "1", "--threads", "1",
+    args = ["-m", "stage3_seg.infer_seg", "--weights", f"{session}.pth", "--infer_list", "val",
+            "--out_pred", str(out), "--scales", "0.5", "1.0", "--crf_workers", "1", "--threads", "1",
             "--device", "cpu", "--eval", "--eval_workers", "1", "--out_json", str(tmp_path / "r.json")]
     _run(args)
     ids = read_list(synth / "ImageSets" / "Segmentation" / "val.txt")
@@ -251,10 +251,10 @@ def test_infer_with_config_file_uses_trained_architecture_and_matches_in_process
     common = ["-m", "stage3_seg.infer_seg", "--config", "voc/config_voc2012.py",
               "--weights", f"{session}.pth", "--data_root", str(synth),
               "--scales", "1.0", "--no-flip", "--threads", "1", "--device", "cpu"]
-    r = _run(common + ["--out_dir", str(tmp_path / "a"), "--workers", "0", "--no-crf"])
+    r = _run(common + ["--out_pred", str(tmp_path / "a"), "--crf_workers", "0", "--no-crf"])
     assert "NUM_CLASSES=6 from" in r.stderr and "BACKBONE_WIDTH=0.0625 from" in r.stderr
     # an explicit architecture override wins, and a wrong one is a clear error
-    r = subprocess.run([sys.executable, *common, "--out_dir", str(tmp_path / "b"),
+    r = subprocess.run([sys.executable, *common, "--out_pred", str(tmp_path / "b"),
                         "--set", "NUM_CLASSES=21"], cwd=ROOT, env=ENV, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode != 0 and "NUM_CLASSES=21" in r.stderr and "Traceback" not in r.stderr
@@ -274,7 +274,7 @@ def test_infer_with_config_file_uses_trained_architecture_and_matches_in_process
 
 def test_overlay_label_blends_foreground_and_draws_boundaries():
     from lib.io import voc_palette
-    from tools.visualize import overlay_label
+    from lib.overlay import overlay_label
 
     img = np.full((6, 6, 3), 100, np.uint8)
     lab = np.zeros((6, 6), np.uint8)

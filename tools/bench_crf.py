@@ -10,8 +10,8 @@ For each worker count W the same --images jobs go through the pool exactly as th
 submit them; images/s = images / wall seconds (pool start-up excluded, one warm-up job per
 worker first), speedup = vs W = 1. W = 0 is the serial reference in this process.
 
-    python -m tools.bench_crf --workers 1 2            # ~1-2 min on 2 idle cores
-    python -m tools.bench_crf --workers 1 2 4 8 14 --images 64    # a 16-core GPU box
+    python -m tools.bench_crf --crf_workers 1 2            # ~1-2 min on 2 idle cores
+    python -m tools.bench_crf --crf_workers 1 2 4 8 14 --images 64    # a 16-core GPU box
 
 The speedup is only meaningful on otherwise idle cores.
 """
@@ -85,7 +85,7 @@ def run_case(case: str, workers: int, n: int, inputs, out_dir: Path) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+    ap.add_argument("--crf_workers", "--workers", dest="crf_workers", type=int, nargs="+", default=[1, 2],
                     help="pool sizes to time (0 = serial in this process)")
     ap.add_argument("--images", type=int, default=8, help="jobs per measurement")
     ap.add_argument("--size", type=int, nargs=2, default=(375, 500), metavar=("H", "W"))
@@ -93,8 +93,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    if args.images < 1 or min(args.workers) < 0 or not 1 <= args.classes <= 20:
-        raise UserError("--images must be >= 1, --workers >= 0, --classes in 1..20")
+    if args.images < 1 or min(args.crf_workers) < 0 or not 1 <= args.classes <= 20:
+        raise UserError("--images must be >= 1, --crf_workers >= 0, --classes in 1..20")
 
     inputs = synthetic_inputs(tuple(args.size), args.classes)
     print(f"bench_crf: {args.size[0]}x{args.size[1]}, stage1 = alpha 2 + alpha 4 with "
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases:
             base = None
-            for w in args.workers:
+            for w in args.crf_workers:
                 sec = run_case(case, w, args.images, inputs, Path(tmp))
                 ips = args.images / sec
                 base = base or (ips if w == 1 else None)

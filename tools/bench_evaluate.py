@@ -1,6 +1,6 @@
 """Benchmark of the evaluation toolkit: fast ``evaluate_dir`` path vs the slow loop reference.
 
-    python -m tools.bench_evaluate [--num 1000] [--workers K] [--ref_num 50] [--seed 0]
+    python -m tools.bench_evaluate [--num 1000] [--eval_workers K] [--ref_num 50] [--seed 0]
 
 Generates ``--num`` synthetic VOC-size (500x375) GT / prediction label PNG pairs in a temporary
 folder (random ellipses and boxes of a few of 20 classes; GT with 5-px void bands along object
@@ -9,7 +9,7 @@ swapped class or a false positive), then times
 
 * the slow reference (``lib.evaluation.reference``, pure-Python pixel loops) on the first
   ``--ref_num`` images (PNG decoding included),
-* ``accumulate_counts`` (the engine of ``evaluate_dir``) with 1 worker and with ``--workers``,
+* ``accumulate_counts`` (the engine of ``evaluate_dir``) with 1 worker and with ``--eval_workers``,
 
 checks that the integer counts (confusion matrix, boundary counts) of the fast path and of the
 reference are identical on the common subset, and prints a table of images/s and speed-ups.
@@ -90,7 +90,8 @@ def run_reference(root: Path, ids: list[str]):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--num", type=int, default=1000, help="number of synthetic image pairs")
-    ap.add_argument("--workers", type=int, default=default_workers(), help="workers of the fast path")
+    ap.add_argument("--eval_workers", "--workers", dest="eval_workers", type=int,
+                    default=default_workers(), help="workers of the fast path")
     ap.add_argument("--ref_num", type=int, default=50, help="images timed with the slow reference")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
         miou_f = miou_from_confusion(sub.confusion)[0]
         cf_f = contour_fscore_from_counts(sub.contour)[0]
 
-        for w in sorted({1, max(1, args.workers)}):
+        for w in sorted({1, max(1, args.eval_workers)}):
             t0 = time.perf_counter()
             full = accumulate_counts(root / "pred", root / "gt", ids, N, workers=w, progress=False)
             rows.append(("evaluate_dir (fast)", args.num, w, time.perf_counter() - t0))

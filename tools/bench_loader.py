@@ -39,7 +39,7 @@ def make_data(root: Path, n: int, size: int):
             contextlib.redirect_stderr(quiet):
         make_synthetic_voc.main(["--out", str(root), "--num_train", str(n), "--num_val", "1",
                                  "--size", str(size), "--seed", "0"])
-        make_cls_labels.main(["--voc_root", str(root)])
+        make_cls_labels.main(["--data_root", str(root)])
     layout = get_layout("voc", str(root), "train")
     ids = layout.ids()
     cls_labels = load_cls_labels(layout.cls_labels_path())
@@ -64,7 +64,7 @@ def datasets(data, crop: int, seg_crop: int) -> dict:
         "cam": ClassificationDataset(layout, cls_labels, crop=crop, resize_long=(448, 768), ids=ids),
         "aff": AffinityDataset(layout, ids, la, ha, crop=crop),
         "seg": SegmentationDataset(layout, label_dir=label_dir, crop=seg_crop,
-                                   scale=cfg["RANDOM_SCALE"], flip=cfg["FLIP"] > 0, hsv=cfg["HSV"],
+                                   scale=cfg["RANDOM_SCALE"], flip=cfg["FLIP"], hsv=cfg["HSV"],
                                    train=True, ids=ids),
     }
 
@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=500, help="side of the square JPEGs")
     ap.add_argument("--images", type=int, default=24)
-    ap.add_argument("--crop", type=int, default=448, help="stage 1/2 crop")
+    ap.add_argument("--crop_size", "--crop", dest="crop_size", type=int, default=448,
+                    help="stage 1/2 crop")
     ap.add_argument("--seg_crop", type=int, default=448, help="stage 3 crop (VOC config CROP)")
     ap.add_argument("--pipeline_json", default=None,
                     help="tools.bench_pipeline --json output: workers needed per training mode")
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(Path(tmp), args.images, args.size)
-        for stage, ds in datasets(data, args.crop, args.seg_crop).items():
+        for stage, ds in datasets(data, args.crop_size, args.seg_crop).items():
             ds[0]  # warm-up: imports, lazy tables
             t0 = time.perf_counter()
             for i in range(len(ds)):
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
             sec = (time.perf_counter() - t0) / len(ds)
             rows.append({"stage": stage, "ms_per_image": 1e3 * sec, "img_per_s_per_worker": 1 / sec})
     print(f"bench_loader: {args.images} synthetic {args.size}x{args.size} JPEGs, crop "
-          f"{args.crop} (stage 3: {args.seg_crop}), one worker = one process, 1 thread")
+          f"{args.crop_size} (stage 3: {args.seg_crop}), one worker = one process, 1 thread")
     print(format_table(rows, ("stage", "ms_per_image", "img_per_s_per_worker")))
     if args.pipeline_json:
         bench = json.loads(Path(args.pipeline_json).read_text())["rows"]

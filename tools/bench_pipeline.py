@@ -128,7 +128,7 @@ def block_labels(n: int, size: int, classes: int, seed: int, void: bool = True) 
 def _cam_args():
     from stage1_cam.train_cam import parse_args
 
-    return parse_args(["--voc12_root", "-"])  # the paper's loss settings (script defaults)
+    return parse_args(["--data_root", "-"])  # the paper's loss settings (script defaults)
 
 
 def train_case(stage: str, width: float, crop: int, batch: int, device: torch.device, seed: int = 0):
@@ -406,7 +406,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--width", type=float, default=None, help="ResNet-38 width (preset's)")
+    p.add_argument("--backbone_width", "--width", dest="backbone_width", type=float, default=None,
+                   help="ResNet-38 width (preset's)")
     for s in STAGES:
         p.add_argument(f"--{s}_crop", type=int, default=None, help=f"{s} training crop (preset's)")
         p.add_argument(f"--{s}_batch", type=int, default=None, help=f"{s} training batch (preset's)")
@@ -430,8 +431,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def resolve_sizes(args) -> dict:
     sizes = copy.deepcopy(PRESETS[args.preset])
-    if args.width is not None:
-        sizes["width"] = args.width
+    if args.backbone_width is not None:
+        sizes["width"] = args.backbone_width
     for s in STAGES:
         crop, batch = sizes[s]
         sizes[s] = (getattr(args, f"{s}_crop") or crop, getattr(args, f"{s}_batch") or batch)
@@ -470,7 +471,7 @@ def main(argv=None) -> int:
 
     # What a child needs to rebuild the same cases.
     base = ["--preset", args.preset, "--device", str(device), "--repeats", str(args.repeats),
-            "--width", str(sizes["width"]), "--infer_size", *map(str, sizes["infer_size"])]
+            "--backbone_width", str(sizes["width"]), "--infer_size", *map(str, sizes["infer_size"])]
     for s in STAGES:
         base += [f"--{s}_crop", str(sizes[s][0]), f"--{s}_batch", str(sizes[s][1])]
     if args.threads:

@@ -83,7 +83,7 @@ if [ $MODE = gpu ]; then
   COMPILE_BOX=150
 else
   # stage 2 needs maps of more than 10 cells (> 80 px) for its radius-5 pairs to exist
-  BENCH=(--preset demo --width 0.0625 --cam_crop 48 --cam_batch 4 --aff_crop 88 --aff_batch 2
+  BENCH=(--preset demo --backbone_width 0.0625 --cam_crop 48 --cam_batch 4 --aff_crop 88 --aff_batch 2
          --seg_crop 48 --seg_batch 4 --infer_size 88 96 --device cpu --repeats 2 --case_timeout 60)
   COMPILE_BOX=0
 fi
@@ -98,11 +98,11 @@ fi
 # 4. CPU-bound steps -----------------------------------------------------------------------------
 if [ $MODE = gpu ]; then
   W=$((CPUS > 4 ? CPUS - 2 : 2))
-  RESERVE=15 part bench_crf 60 "$PY" -m tools.bench_crf --workers 1 2 "$W" --images $((2 * W)) \
+  RESERVE=15 part bench_crf 60 "$PY" -m tools.bench_crf --crf_workers 1 2 "$W" --images $((2 * W)) \
     --cases stage1 --json "$OUT/bench_crf.json"
   RESERVE=5 part bench_random_walk 30 "$PY" -m tools.bench_random_walk --device cuda --repeats 3
 else
-  RESERVE=15 part bench_crf 60 "$PY" -m tools.bench_crf --workers 1 2 --images 2 --size 120 160 \
+  RESERVE=15 part bench_crf 60 "$PY" -m tools.bench_crf --crf_workers 1 2 --images 2 --size 120 160 \
     --cases stage1 --json "$OUT/bench_crf.json"
   RESERVE=5 part bench_random_walk 30 "$PY" -m tools.bench_random_walk --device cpu --repeats 1 \
     --height 24 --width 32 --dim 64 --channels 3

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m tools.make_cls_labels --voc_root DIR [--out FILE] [--list L ...] [--dataset voc]
+    python -m tools.make_cls_labels --data_root DIR [--out FILE] [--list L ...] [--dataset voc]
 
 For every image, label[c] = 1 when some ``annotation/object`` has a direct ``name`` child whose
 text (stripped) is class name c; part names (``object/part/name``: head, hand, foot) are not
@@ -99,14 +99,14 @@ def build_cls_labels(voc_root, lists=None, dataset: str = "voc"):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Image-level multi-hot labels from VOC XML annotations.")
-    ap.add_argument("--voc_root", required=True, help="folder with Annotations/ (and optional classes.txt)")
-    ap.add_argument("--out", default=None, help="output .npz (default <voc_root>/cls_labels.npz)")
+    ap.add_argument("--data_root", "--voc_root", dest="data_root", required=True, help="folder with Annotations/ (and optional classes.txt)")
+    ap.add_argument("--out", default=None, help="output .npz (default <data_root>/cls_labels.npz)")
     ap.add_argument("--list", nargs="+", default=None,
                     help="list files or split names; default: every Annotations/*.xml")
     ap.add_argument("--dataset", default="voc", choices=["voc"])
     args = ap.parse_args(argv)
-    out = Path(args.out) if args.out else Path(args.voc_root) / "cls_labels.npz"
-    ids, labels, names, ignored = build_cls_labels(args.voc_root, args.list, args.dataset)
+    out = Path(args.out) if args.out else Path(args.data_root) / "cls_labels.npz"
+    ids, labels, names, ignored = build_cls_labels(args.data_root, args.list, args.dataset)
     save_cls_labels(out, ids, labels, names)
     per_class = ", ".join(f"{n} {int(c)}" for n, c in zip(names, labels.sum(0)))
     print(f"wrote {out}: {len(ids)} images, {len(names)} classes ({per_class}); "

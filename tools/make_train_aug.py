@@ -7,13 +7,14 @@ mirrored download can never silently disagree with its own labels.
 
 Usage::
 
-    python -m tools.make_train_aug --voc_root data/VOCdevkit/VOC2012 [--expect 10582]
+    python -m tools.make_train_aug --data_root data/VOCdevkit/VOC2012 [--expect 10582]
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from lib.cli import add_bool
 from lib.errors import UserError, run_main
 from lib.io import atomic_path, read_list
 
@@ -59,18 +60,20 @@ def write_list(path, ids) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--voc_root", required=True, help="VOCdevkit/VOC2012 folder")
+    p.add_argument("--data_root", "--voc_root", dest="data_root", required=True,
+                   help="VOCdevkit/VOC2012 folder")
     p.add_argument("--aug_dir", default=None, help="default <voc_root>/SegmentationClassAug")
     p.add_argument("--val_list", default=None, help="default <voc_root>/ImageSets/Segmentation/val.txt")
     p.add_argument("--out", default=None, help="default <voc_root>/ImageSets/Segmentation/train_aug.txt")
     p.add_argument("--expect", type=int, default=None,
                    help=f"fail unless exactly this many ids result (full VOC + SBD: {FULL_TRAIN_AUG})")
-    p.add_argument("--no_check_images", action="store_true", help="do not require JPEGImages/<id>.jpg")
+    add_bool(p, "check_images", True, "require JPEGImages/<id>.jpg of every id",
+             old="--no_check_images")
     args = p.parse_args(argv)
-    ids = make_train_aug(args.voc_root, args.aug_dir, args.val_list, not args.no_check_images)
+    ids = make_train_aug(args.data_root, args.aug_dir, args.val_list, args.check_images)
     if args.expect is not None and len(ids) != args.expect:
-        raise UserError(f"{args.voc_root}: {len(ids)} train_aug ids, expected {args.expect} (--expect)")
-    out = Path(args.out) if args.out else Path(args.voc_root) / "ImageSets/Segmentation/train_aug.txt"
+        raise UserError(f"{args.data_root}: {len(ids)} train_aug ids, expected {args.expect} (--expect)")
+    out = Path(args.out) if args.out else Path(args.data_root) / "ImageSets/Segmentation/train_aug.txt"
     write_list(out, ids)
     note = "" if len(ids) == FULL_TRAIN_AUG else f" (the full VOC 2012 + SBD gives {FULL_TRAIN_AUG})"
     print(f"wrote {out}: {len(ids)} ids{note}")

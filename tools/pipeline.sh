@@ -57,7 +57,7 @@ read -r -a SEG_TRAIN_EXTRA <<< "${SEG_TRAIN_ARGS:-}"
 read -r -a SEG_INFER_EXTRA <<< "${SEG_INFER_ARGS:-}"
 
 mkdir -p "$EXPDIR"/{logs,ckpts,eval,.done,.timing}
-DATA=(--dataset "$DATASET" --voc12_root "$DATA_ROOT")
+DATA=(--dataset "$DATASET" --data_root "$DATA_ROOT")
 # layout_info DATASET ROOT SPLIT EXPR: a property of the dataset layout (values via argv, never
 # pasted into Python source, so any path works).
 layout_info() {
@@ -146,7 +146,7 @@ evaluate() {  # evaluate NAME PRED_DIR TYPE SPLIT
   list=$(layout_info "$DATASET" "$DATA_ROOT" "$4" "l.list_path()")
   gt=$(layout_info "$DATASET" "$DATA_ROOT" "$4" "os.path.dirname(l.gt_path(l.ids()[0]))")
   "$PYTHON" -m tools.evaluate --pred_dir "$2" --gt_dir "$gt" --list "$list" \
-    --num_classes "$NUM_CLASSES" --type "$3" --workers "${EVAL_WORKERS:-2}" \
+    --num_classes "$NUM_CLASSES" --type "$3" --eval_workers "${EVAL_WORKERS:-2}" \
     --title "$1" --out_json "$EXPDIR/eval/$1.json"
 }
 
@@ -192,14 +192,14 @@ if [[ " $STAGES " == *" 3 "* ]]; then
       --out_dir "$SEG_GT"
   fi
   train_flags "$EXPDIR/ckpts/final"
-  step train_seg 3 launch stage3_seg.train_seg --config "$SEG_CONFIG" --data_root "$DATA_ROOT" \
+  step train_seg 3 launch stage3_seg.train_seg --config "$SEG_CONFIG" "${DATA[@]}" \
     --pseudo_gt "$SEG_GT" --session_name "$EXPDIR/ckpts/final" --weights "$WEIGHTS" "${TRAIN_FLAGS[@]}" \
     --set NUM_CLASSES=$((NUM_CLASSES + 1)) \
     "${SEG_TRAIN_EXTRA[@]}"
   for split in "$VAL_SPLIT" "$EVAL_TRAIN_SPLIT"; do
-    step "infer_seg_$split" 3 launch stage3_seg.infer_seg --config "$SEG_CONFIG" \
-      --data_root "$DATA_ROOT" --weights "$EXPDIR/ckpts/final.pth" --split "$split" \
-      --out_dir "$EXPDIR/results/$split" "${SEG_INFER_EXTRA[@]}"
+    step "infer_seg_$split" 3 launch stage3_seg.infer_seg --config "$SEG_CONFIG" "${DATA[@]}" \
+      --weights "$EXPDIR/ckpts/final.pth" --infer_list "$split" \
+      --out_pred "$EXPDIR/results/$split" "${SEG_INFER_EXTRA[@]}"
     step "eval_final_$split" 3 evaluate "final_$split" "$EXPDIR/results/$split" png "$split"
   done
 fi

@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from lib import dist
 from lib.backbones.resnet38d import ResNet38d
 from lib.checkpoint import checkpoint_bytes, write_bytes_atomic
+from lib.cli import add_bool
 from lib.datasets.transforms import Normalize
 from lib.errors import RunError, UserError, run_main
 from lib.io import atomic_path
@@ -262,7 +263,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="pretrain_trunk", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="trunk weights to write (.pth)")
-    ap.add_argument("--width", type=float, default=0.125, help="ResNet-38 width multiplier")
+    ap.add_argument("--backbone_width", "--width", dest="width", type=float, default=0.125,
+                    help="ResNet-38 width multiplier")
     ap.add_argument("--size", type=int, default=96, help="image side in px (the demo uses 96)")
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--max_steps", type=int, default=2500)
@@ -290,7 +292,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--num_workers", type=int, default=0, help="image-rendering processes")
     ap.add_argument("--tblog_dir", default=None, help="TensorBoard dir (default <out>_tb)")
-    ap.add_argument("--no_progress", action="store_true")
+    add_bool(ap, "progress", True, "the progress bar", old="--no_progress")
     ap.add_argument("--overwrite", action="store_true", help="retrain although --out exists")
     args = ap.parse_args(argv)
     for name in ("batch_size", "max_steps", "val_every", "save_every", "size"):
@@ -332,7 +334,7 @@ def main(argv=None) -> int:
 
     logger = TrainLogger(None if args.tblog_dir == "none" else args.tblog_dir or f"{out}_tb",
                          end, start, args.batch_size, "pretrain_trunk")
-    logger.bar.disable = logger.bar.disable or args.no_progress
+    logger.bar.disable = logger.bar.disable or not args.progress
     model.train()
     recent: list[float] = []
     t0, step = time.time(), start
@@ -380,7 +382,7 @@ def main(argv=None) -> int:
                            f"in {state_path.name})", "in_features": model.linear1000.in_features,
                  "out_features": model.linear1000.out_features},
         "labels": f"multi-label, 1-3 objects of distinct categories ({args.loss} loss)",
-        "args": {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress")},
+        "args": {k: v for k, v in vars(args).items() if k not in ("resume", "progress")},
         "categories": list(CATEGORY_NAMES),
         "train_acc_last_100_steps": float(np.mean(recent)) if recent else None,
         "val_acc": res["acc"], "val_top1": res["top1"], "val_loss": res["loss"], "val_images": args.val_images,

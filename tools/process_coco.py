@@ -20,7 +20,7 @@ The images themselves are not read; they are expected (by the dataset readers) a
 
 Usage::
 
-    python -m tools.process_coco --coco_root data/coco --split train2014 val2014 --workers 8
+    python -m tools.process_coco --data_root data/coco --split train2014 val2014 --workers 8
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pycocotools.mask as mask_utils
 
+from lib.cli import add_bool
 from lib.datasets.classes import get_class_names
 from lib.errors import UserError, run_main
 from lib.io import atomic_path, save_cls_labels, save_label_png
@@ -219,20 +220,21 @@ def process_split(coco_root, split: str, workers: int = 1, overwrite: bool = Fal
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--coco_root", required=True, help="folder holding annotations/ and the image folders")
+    p.add_argument("--data_root", "--coco_root", dest="data_root", required=True,
+                   help="COCO folder holding annotations/ and the image folders")
     p.add_argument("--split", "--splits", dest="splits", nargs="+", action="extend", required=True,
                    help="one or more splits, e.g. train2014 val2014")
     p.add_argument("--ann_file", default=None,
                    help="instances JSON (only with a single split; default <coco_root>/annotations/instances_<split>.json)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--overwrite", action="store_true", help="rewrite label PNGs that already exist")
-    p.add_argument("--no_progress", action="store_true")
+    add_bool(p, "progress", True, "the progress bar", old="--no_progress")
     args = p.parse_args(argv)
     if args.ann_file and len(args.splits) != 1:
         raise UserError("--ann_file: needs exactly one --split")
     for split in args.splits:
-        s = process_split(args.coco_root, split, args.workers, args.overwrite, args.ann_file,
-                          progress=not args.no_progress)
+        s = process_split(args.data_root, split, args.workers, args.overwrite, args.ann_file,
+                          progress=args.progress)
         print(f"{s['split']}: {s['images']} images, {s['classes']} classes; "
               f"{s['written']} label PNGs written, {s['skipped']} existing kept")
     return 0

@@ -13,7 +13,7 @@ CPU cost per image: the dense CRF (tools.bench_crf: --crf_s for alpha 2 + 4, --f
 the 21-label test CRF), the random walk (--walk_s, tools.bench_random_walk), evaluation
 (--eval_ips, tools.bench_evaluate). Data loading is assumed to keep up (tools.bench_loader).
 
-Columns: "defaults" = run_all_voc.sh as shipped (fp32, --crf_workers 2, infer_seg --workers 2),
+Columns: "defaults" = run_all_voc.sh as shipped (fp32, --crf_workers 2, infer_seg --crf_workers 2),
 "tuned" = bf16 (--amp) where the script has it and a CRF pool on every free core, both on one
 GPU with --cores CPU cores; "4 GPUs" = tuned with NPROC=4 and 4 x --cores cores.
 

@@ -23,45 +23,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lib.cli import add_bool
 from lib.errors import UserError, check_args, check_writable_dir, run_main
-from lib.io import atomic_path, load_cam, load_image, load_label_png, read_list, voc_palette
+from lib.io import atomic_path, load_cam, load_image, load_label_png, read_list
+from lib.overlay import hstack_pad, overlay_label, vstack_pad
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
-_PALETTE = voc_palette()
 TITLE_H = 22
-
-
-def colorize_label(label: np.ndarray) -> np.ndarray:
-    """(H, W) class ids -> (H, W, 3) uint8 VOC-palette colours (255 void = the palette's cream)."""
-    return _PALETTE[np.asarray(label, np.uint8)]
-
-
-def label_boundaries(label: np.ndarray) -> np.ndarray:
-    """(H, W) bool: pixels whose right or lower neighbour has a different label."""
-    label = np.asarray(label)
-    b = np.zeros(label.shape, bool)
-    b[:, :-1] |= label[:, 1:] != label[:, :-1]
-    b[:-1, :] |= label[1:, :] != label[:-1, :]
-    return b
-
-
-def overlay_label(image: np.ndarray, label: np.ndarray, alpha: float = 0.5,
-                  contours: bool = True) -> np.ndarray:
-    """Blend palette colours into the image where label != 0: out = (1-a) img + a colour.
-
-    image (H, W, 3) uint8, label (H, W) ids -> (H, W, 3) uint8; class boundaries in white.
-    """
-    image = np.asarray(image, np.uint8)
-    label = np.asarray(label, np.uint8)
-    if label.shape != image.shape[:2]:
-        raise ValueError(f"label shape {label.shape} differs from image {image.shape[:2]}")
-    out = image.astype(np.float32)
-    fg = label != 0
-    out[fg] = (1.0 - alpha) * out[fg] + alpha * colorize_label(label)[fg].astype(np.float32)
-    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    if contours:
-        out[label_boundaries(label)] = 255
-    return out
 
 
 def cam_heatmap(image: np.ndarray, cams: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -99,31 +67,6 @@ def placeholder(h: int, w: int) -> np.ndarray:
     cv2.putText(tile, "missing", (4, h // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
                 cv2.LINE_AA)
     return tile
-
-
-def hstack_pad(tiles: list[np.ndarray], gap: int = 4) -> np.ndarray:
-    """Tiles side by side (same height expected; shorter ones padded at the bottom)."""
-    h = max(t.shape[0] for t in tiles)
-    parts = []
-    for i, t in enumerate(tiles):
-        if t.shape[0] < h:
-            t = np.concatenate([t, np.zeros((h - t.shape[0],) + t.shape[1:], np.uint8)], 0)
-        parts.append(t)
-        if i + 1 < len(tiles):
-            parts.append(np.full((h, gap, 3), 255, np.uint8))
-    return np.concatenate(parts, 1)
-
-
-def vstack_pad(rows: list[np.ndarray], gap: int = 4) -> np.ndarray:
-    w = max(r.shape[1] for r in rows)
-    parts = []
-    for i, r in enumerate(rows):
-        if r.shape[1] < w:
-            r = np.concatenate([r, np.full((r.shape[0], w - r.shape[1], 3), 255, np.uint8)], 1)
-        parts.append(r)
-        if i + 1 < len(rows):
-            parts.append(np.full((gap, w, 3), 255, np.uint8))
-    return np.concatenate(parts, 0)
 
 
 def find_image(image_dir: Path, image_id: str) -> Path:
@@ -195,7 +138,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grid_max", type=int, default=16, help="images in the grid")
     p.add_argument("--height", type=int, default=0, help="resize tiles to this height (0: keep)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
-    p.add_argument("--no_contours", action="store_true", help="do not draw class boundaries")
+    add_bool(p, "contours", True, "draw the class boundaries", old="--no_contours")
     p.add_argument("--allow_missing", action="store_true",
                    help="draw a grey tile for a missing label/CAM file instead of failing")
     args = p.parse_args(argv)
@@ -234,7 +177,7 @@ def main(argv=None) -> None:
     for image_id in ids:
         panel = make_panel(image_id, image_dir, label_dirs, names,
                            Path(args.cam_dir) if args.cam_dir else None, args.alpha,
-                           not args.no_contours, args.allow_missing, args.height)
+                           args.contours, args.allow_missing, args.height)
         save_png(out / f"{image_id}.png", panel)
         if args.grid and len(rows) < args.grid_max:
             rows.append(panel)

@@ -184,11 +184,12 @@ class SegmentationDataset(_Base):
     Normalize -> RandomCrop(crop) (image padded with 0, label with 255).
     ``train=False``: the full normalised image and label, no augmentation.
     Item: {"id", "image": (3, S, S) float32, "label": (S, S) int64 with 255 = ignore}.
-    ``scale=None`` / ``hsv=None`` / ``flip=False`` switch those steps off.
+    ``flip``: probability of the horizontal flip (0.5, the original's config FLIP; 0 or False
+    switches it off, True means 0.5). ``scale=None`` / ``hsv=None`` switch those steps off.
     """
 
     def __init__(self, layout: Layout, label_dir: str | Path | None = None, crop: int = 448,
-                 scale: tuple[float, float] | None = (0.5, 1.5), flip: bool = True,
+                 scale: tuple[float, float] | None = (0.5, 1.5), flip: bool | float = 0.5,
                  hsv: tuple[int, int, int] | None = (10, 10, 10), train: bool = True,
                  seed: int | None = None, ids: Sequence[str] | None = None):
         super().__init__(layout, ids, seed)
@@ -200,7 +201,8 @@ class SegmentationDataset(_Base):
                               "label map" if self.label_dir is None else "pseudo label")
         self.train = train
         self.hsv = HSVJitter(*hsv) if (train and hsv is not None) else None
-        self.flip = RandomHorizontalFlip(0.5) if (train and flip) else None
+        flip_p = 0.5 if flip is True else float(flip)
+        self.flip = RandomHorizontalFlip(flip_p) if (train and flip_p > 0) else None
         self.scale = RandomScale(*scale) if (train and scale is not None) else None
         self.crop = RandomCrop(crop, ignore_index=255) if train else None
         self.normalize = Normalize()
