@@ -164,3 +164,35 @@ def test_random_walk_labels_background_only_and_size_check():
     assert lab.shape == (85, 99) and (lab == 0).all()
     with pytest.raises(ValueError):
         random_walk_labels((85, 99), np.zeros((1, 85, 99), np.float32), [0], _features(4, 12, 13, 0))
+
+
+@pytest.mark.parametrize("upscale", [1, 2])
+def test_infer_aff_walk_keeps_constant_cams_and_the_image_size(upscale):
+    """T is column-stochastic, so a CAM that is the same everywhere stays the same after the walk,
+    at any grid (``--upscale``); the scores come back at the image's own size, odd ones too."""
+    from lib.models import build_model
+    from stage2_aff.infer_aff import rw_scores
+    torch.manual_seed(0)
+    model = build_model("aff", width=0.0625).eval()
+    cams = np.full((1, 40, 48), 0.6, np.float32)     # a multiple of 8: no zero padding
+    s = rw_scores(model, torch.randn(3, 40, 48), cams, alpha=2, beta=8, logt=3, upscale=upscale)
+    assert s.shape == (2, 40, 48)
+    assert torch.allclose(s[1], torch.full_like(s[1], 0.6), atol=1e-5)
+    assert torch.allclose(s[0], torch.full_like(s[0], 0.16), atol=1e-5)   # (1 - 0.6)^2
+    odd = rw_scores(model, torch.randn(3, 37, 45), cams[:, :37, :45], alpha=2, beta=8, logt=3,
+                    upscale=upscale)
+    assert odd.shape == (2, 37, 45)
+
+
+def test_infer_aff_upscale_walks_a_finer_grid():
+    from lib.models import build_model
+    from stage2_aff.infer_aff import rw_scores
+    torch.manual_seed(0)
+    model = build_model("aff", width=0.0625).eval()
+    image = torch.randn(3, 40, 48)
+    cams = np.zeros((1, 40, 48), np.float32)
+    cams[0, 10:30, 12:30] = 1.0
+    s1 = rw_scores(model, image, cams, alpha=2, beta=8, logt=3, upscale=1)
+    s2 = rw_scores(model, image, cams, alpha=2, beta=8, logt=3, upscale=2)
+    assert s1.shape == s2.shape == (2, 40, 48)
+    assert not torch.allclose(s1, s2, atol=1e-3)
