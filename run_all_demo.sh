@@ -5,7 +5,7 @@
 #   DEMO_CAM_STEPS, DEMO_AFF_STEPS, DEMO_SEG_STEPS, DEMO_SEED (the --seed of the three trainings),
 #   DEMO_REGIME (paper, the default: the paper's stage losses on the shipped synthetic-pretrained
 #   trunk; scratch: the earlier GAP baseline from random initialisation; docs/DEMO.md),
-#   DEMO_WEIGHTS (that trunk),
+#   DEMO_WEIGHTS (that trunk; none = the paper regime from random initialisation),
 #   EXPDIR, NPROC, STAGES, TARGET_MIOU (0.70: a note is printed below it), SEG_LABELS (crf; rw
 #   in the paper regime).
 set -euo pipefail
@@ -20,7 +20,11 @@ export TRAIN_SPLIT=train EVAL_TRAIN_SPLIT=train VAL_SPLIT=val
 # scratch: the earlier baseline from random initialisation (GAP only, docs/DEMO.md).
 REGIME=${DEMO_REGIME:-paper}
 case $REGIME in
-  paper) export WEIGHTS=${DEMO_WEIGHTS:-pretrained/synthetic_trunk_w0.125.pth}
+  paper) if [ -z "${DEMO_WEIGHTS:-}" ] && [ "${DEMO_WIDTH:-0.125}" != 0.125 ]; then
+           echo "$(basename "$0"): the shipped trunk pretrained/synthetic_trunk_w0.125.pth has width 0.125, not DEMO_WIDTH=$DEMO_WIDTH; set DEMO_WEIGHTS to a trunk of that width (python -m tools.pretrain_trunk) or to none" >&2
+           exit 2
+         fi
+         export WEIGHTS=${DEMO_WEIGHTS:-pretrained/synthetic_trunk_w0.125.pth}
          export SEG_LABELS=${SEG_LABELS:-rw} ;;
   scratch) export WEIGHTS=none
            export SEG_LABELS=${SEG_LABELS:-crf} ;;

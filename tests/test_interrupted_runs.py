@@ -338,7 +338,8 @@ TINY = {"DEMO_NUM_TRAIN": "8", "DEMO_NUM_VAL": "4", "DEMO_SIZE": "64", "DEMO_WID
         # dropout and importance sampling: the training step draws from the torch RNG and the
         # sampling generator, whose states the resumed run must restore
         "DEMO_CAM_TRAIN_ARGS": "--dropout --loss_weight 0.5",
-        "OMP_NUM_THREADS": "1", "EVAL_WORKERS": "1"}
+        "OMP_NUM_THREADS": "1", "EVAL_WORKERS": "1",
+        "DEMO_WEIGHTS": "none"}  # the paper regime's flags from random init: the plumbing, fast
 
 
 def _demo(expdir: Path, data: Path, wait=True):
