@@ -68,10 +68,8 @@ paper)
   #  - stage 3: poly AdamW, BN momentum 0.1, no dropout (the scratch regime's recipe): 800 steps
   #    of the paper's SGD recipe (20,000 in the paper) lose whole classes.
   export CAM_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 5 / 4)) --max_steps $CAM_STEPS ${DEMO_CAM_TRAIN_ARGS:-}"
-  export CAM_INFER_ARGS="--backbone_width $WIDTH --num_workers 1 --crf_workers 2 --device cpu --cam_source relu_logits --cam_power 2.4 ${DEMO_CAM_INFER_ARGS:-}"
   export AFF_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 3 / 2)) --max_steps $AFF_STEPS ${DEMO_AFF_TRAIN_ARGS:-}"
   export AFF_INFER_ARGS="--backbone_width $WIDTH --device cpu --upscale 2 --logt 3 --crf ${DEMO_AFF_INFER_ARGS:-}"
-  export SEG_TRAIN_ARGS="$COMMON --crop_size $CROP --max_steps $SEG_STEPS --lr ${DEMO_SEG_LR:-0.001} --bn_momentum 0.1 --optimizer adamw --no-dropout ${DEMO_SEG_TRAIN_ARGS:-}"
   ;;
 scratch)
   # Every network from random initialisation, where the original regime does not work; each
@@ -85,11 +83,13 @@ scratch)
   #  - stage 3: BN momentum 0.1, on the alpha-4 CRF maps (SEG_LABELS=crf).
   SCRATCH="--no-frozen_bn --no-dropout --optimizer adamw --lr ${DEMO_LR:-0.001} --lr_mults 1 1 1 1"
   export CAM_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 5 / 4)) --max_steps $CAM_STEPS $SCRATCH --loss_weight 0 --rv_pooling avg --no-fsl ${DEMO_CAM_TRAIN_ARGS:-}"
-  export CAM_INFER_ARGS="--backbone_width $WIDTH --num_workers 1 --crf_workers 2 --device cpu --cam_source relu_logits --cam_power 2.4 ${DEMO_CAM_INFER_ARGS:-}"
   export AFF_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 3 / 2)) --max_steps $AFF_STEPS $SCRATCH ${DEMO_AFF_TRAIN_ARGS:-}"
   export AFF_INFER_ARGS="--backbone_width $WIDTH --device cpu --alpha 4 --crf ${DEMO_AFF_INFER_ARGS:-}"
-  export SEG_TRAIN_ARGS="$COMMON --crop_size $CROP --max_steps $SEG_STEPS --lr ${DEMO_SEG_LR:-0.001} --bn_momentum 0.1 --optimizer adamw --no-dropout ${DEMO_SEG_TRAIN_ARGS:-}"
   ;;
 esac
+# Both regimes read the CAMs out as ReLU'd logits narrowed by a power, and train stage 3 with poly
+# AdamW, BN momentum 0.1 and no dropout (docs/DEMO.md measures why).
+export CAM_INFER_ARGS="--backbone_width $WIDTH --num_workers 1 --crf_workers 2 --device cpu --cam_source relu_logits --cam_power 2.4 ${DEMO_CAM_INFER_ARGS:-}"
+export SEG_TRAIN_ARGS="$COMMON --crop_size $CROP --max_steps $SEG_STEPS --lr ${DEMO_SEG_LR:-0.001} --bn_momentum 0.1 --optimizer adamw --no-dropout ${DEMO_SEG_TRAIN_ARGS:-}"
 export SEG_INFER_ARGS="--backbone_width $WIDTH --crf_workers 2 --device cpu ${DEMO_SEG_INFER_ARGS:-}"
 source tools/pipeline.sh

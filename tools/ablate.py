@@ -55,7 +55,7 @@ def run_dir(out: Path, variant: str, seed: int) -> Path:
 def run_one(out: Path, variant: str, seed: int, python: str) -> float:
     """One demo run; returns its wall time in seconds (0 when it had finished before)."""
     expdir = run_dir(out, variant, seed)
-    if (expdir / "results.json").is_file() and (expdir / "eval" / f"final_val.json").is_file():
+    if (expdir / "results.json").is_file() and (expdir / "eval" / "final_val.json").is_file():
         return 0.0
     expdir.mkdir(parents=True, exist_ok=True)
     extra = os.environ.get("DEMO_CAM_TRAIN_ARGS", "")
