@@ -3,8 +3,10 @@ import pytest
 import torch
 
 from lib.affinity import neighbour_pairs, pair_affinity
+from lib.models import build_model
 from lib.random_walk import (affinity_matrix, random_walk, random_walk_labels,
                              transition_matrix)
+from stage2_aff.infer_aff import rw_scores
 
 
 # ---------------------------------------------------------------- straightforward numpy reference
@@ -170,8 +172,6 @@ def test_random_walk_labels_background_only_and_size_check():
 def test_infer_aff_walk_keeps_constant_cams_and_the_image_size(upscale):
     """T is column-stochastic, so a CAM that is the same everywhere stays the same after the walk,
     at any grid (``--upscale``); the scores come back at the image's own size, odd ones too."""
-    from lib.models import build_model
-    from stage2_aff.infer_aff import rw_scores
     torch.manual_seed(0)
     model = build_model("aff", width=0.0625).eval()
     cams = np.full((1, 40, 48), 0.6, np.float32)     # a multiple of 8: no zero padding
@@ -185,8 +185,6 @@ def test_infer_aff_walk_keeps_constant_cams_and_the_image_size(upscale):
 
 
 def test_infer_aff_upscale_walks_a_finer_grid():
-    from lib.models import build_model
-    from stage2_aff.infer_aff import rw_scores
     torch.manual_seed(0)
     model = build_model("aff", width=0.0625).eval()
     image = torch.randn(3, 40, 48)
