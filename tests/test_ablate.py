@@ -38,3 +38,21 @@ def test_table_is_mean_and_sample_std_over_the_finished_seeds(tmp_path):
     md = ablate.format_markdown(table)
     assert "| GAP baseline |" in md and "60.00 ± 14.14 / 35.00 ± 7.07" in md
     assert md.splitlines()[-1].count("| - ") == 4                  # the empty variant row
+
+
+def test_per_class_iou_is_the_mean_over_the_seeds_that_have_it(tmp_path):
+    for seed, star in [(0, 0.10), (1, 0.30)]:
+        ev = ablate.run_dir(tmp_path, "icam", seed) / "eval"
+        ev.mkdir(parents=True)
+        (ev / "cam_val.json").write_text(json.dumps({"per_class_iou": {"background": 0.9, "star": star}}))
+    (ablate.run_dir(tmp_path, "icam", 1) / "eval" / "final_val.json").write_text(
+        json.dumps({"per_class_iou": {"background": 0.5, "star": 0.25}}))
+    means = ablate.per_class_means(tmp_path, ["gap", "icam"], [0, 1, 2])
+    assert "gap" not in means                                        # no run of that variant
+    assert means["icam"]["cam"] == pytest.approx({"background": 90.0, "star": 20.0})
+    assert means["icam"]["final"] == pytest.approx({"background": 50.0, "star": 25.0})  # one seed
+    assert set(means["icam"]) == {"cam", "final"}
+    md = ablate.format_per_class(means).splitlines()
+    assert md[0] == "| stage-1 variant | artifact | background | star |"
+    assert md[2] == "| ICAM (IS + FSL, default) | CAM (stage 1) | 90.0 | 20.0 |"
+    assert md[3] == "| ICAM (IS + FSL, default) | DeepLab-v1 (stage 3) | 50.0 | 25.0 |"

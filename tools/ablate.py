@@ -14,7 +14,8 @@ docs/METHOD.md section 2.) Each run goes to ``<out>/<variant>/seed<s>`` and all 
 dataset, ``<out>/data/synthetic``; a finished run is skipped (the runner's step markers), so an
 interrupted ablation resumes where it stopped. At the end ``<out>/ablation.json`` and
 ``<out>/ablation.md`` hold the table: val mIoU / contour F (%) of the CAMs, the alpha-4 CRF maps, the
-random walk and the final network, mean +- sample standard deviation over the seeds.
+random walk and the final network, mean +- sample standard deviation over the seeds, and the
+per-class val IoU of each, mean over the seeds (which class a difference comes from).
 
     python -m tools.ablate --out ablation --seeds 0 1 2          # about 15 runs of the demo
     python -m tools.ablate --out ablation --table_only           # the table of what has finished
@@ -101,6 +102,32 @@ def stats(vals: list[float]) -> list:
             [round(float(x), 2) for x in a]]
 
 
+def per_class_means(out: Path, variants: list[str], seeds: list[int]) -> dict:
+    """{variant: {row: {class: mean val IoU in %}}} over the seeds whose eval/<row>_val.json exists."""
+    means: dict = {}
+    for v in variants:
+        for key, _ in ROWS:
+            runs = [json.loads(f.read_text())["per_class_iou"] for s in seeds
+                    if (f := run_dir(out, v, s) / "eval" / f"{key}_val.json").is_file()]
+            if runs:
+                means.setdefault(v, {})[key] = {c: 100 * float(np.mean([r[c] for r in runs]))
+                                                for c in runs[0]}
+    return means
+
+
+def format_per_class(means: dict) -> str:
+    """One row per (variant, artifact): the mean per-class val IoU."""
+    classes = next((list(rows[k]) for rows in means.values() for k in rows), [])
+    lines = ["| stage-1 variant | artifact | " + " | ".join(classes) + " |",
+             "|" + " --- |" * (2 + len(classes))]
+    titles = dict(ROWS)
+    for v, rows in means.items():
+        for key, ious in rows.items():
+            lines.append(f"| {VARIANTS[v][0]} | {titles[key]} | "
+                         + " | ".join(f"{ious[c]:.1f}" for c in classes) + " |")
+    return "\n".join(lines)
+
+
 def format_markdown(table: dict) -> str:
     head = "| stage-1 variant | flags | seeds | " + " | ".join(t for _, t in ROWS) + " |"
     lines = [head, "|" + " --- |" * (3 + len(ROWS))]
@@ -133,9 +160,11 @@ def main(argv=None) -> None:
             for v in args.variants:
                 wall += run_one(out, v, s, args.python)
     table = summarise(out, args.variants, args.seeds)
-    md = ("val mIoU / contour F (%), mean ± sample std over the seeds\n\n" + format_markdown(table))
+    per_class = per_class_means(out, args.variants, args.seeds)
+    md = ("val mIoU / contour F (%), mean ± sample std over the seeds\n\n" + format_markdown(table)
+          + "\n\nper-class val IoU (%), mean over the seeds\n\n" + format_per_class(per_class))
     with atomic_path(out / "ablation.json") as tmp:
-        Path(tmp).write_text(json.dumps({"seeds": args.seeds, "table": table,
+        Path(tmp).write_text(json.dumps({"seeds": args.seeds, "table": table, "per_class_iou": per_class,
                                          "wall_time_s": wall}, indent=2))
     with atomic_path(out / "ablation.md") as tmp:
         Path(tmp).write_text(md + "\n")
