@@ -42,3 +42,15 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--data_root", "--voc12_root", dest="data_root", required=required,
                    help="dataset root: VOCdevkit/VOC2012 (VOC) or the COCO folder")
     p.add_argument("--dataset", default="voc", choices=["voc", "coco"])
+
+
+def add_backbone_width(p) -> None:
+    """``--backbone_width``: the ResNet-38 channel multiplier of the network a script builds."""
+    p.add_argument("--backbone_width", type=float, default=1.0,
+                   help="channel multiplier of ResNet-38 (1.0 = the paper; 0.125 for CPU demos)")
+
+
+def add_num_workers(p, default: int) -> None:
+    """``--num_workers`` (alias ``--workers``): data-loading worker processes."""
+    p.add_argument("--num_workers", "--workers", dest="num_workers", type=int, default=default,
+                   help="data-loading worker processes")

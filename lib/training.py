@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from lib import dist
 from lib.checkpoint import check_fits, load_verified, save_checkpoint
-from lib.cli import add_bool, add_data_args, not_in_paper
+from lib.cli import add_backbone_width, add_bool, add_data_args, add_num_workers, not_in_paper
 from lib.errors import RunError, UserError, check_args
 from lib.io import atomic_path
 from lib.optim import LR_MULT
@@ -46,8 +46,7 @@ from lib.optim import LR_MULT
 
 def add_common_train_args(p: argparse.ArgumentParser) -> None:
     """Flags every training stage shares (our additions to the original's flags)."""
-    p.add_argument("--backbone_width", type=float, default=1.0,
-                   help="channel multiplier of ResNet-38 (1.0 = the paper; 0.125 for CPU demos)")
+    add_backbone_width(p)
     p.add_argument("--max_steps", type=int, default=None,
                    help="stop after this many optimiser steps (default: epochs x steps per epoch)")
     p.add_argument("--seed", type=int, default=0)
@@ -83,8 +82,7 @@ def add_weak_stage_args(p: argparse.ArgumentParser, session_default: str) -> Non
     p.add_argument("--batch_size", type=int, default=8, help="global batch over all processes")
     p.add_argument("--max_epoches", "--epochs", dest="max_epoches", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--num_workers", "--workers", dest="num_workers", type=int, default=8,
-                   help="data-loading worker processes")
+    add_num_workers(p, default=8)
     p.add_argument("--wt_dec", "--weight_decay", dest="wt_dec", type=float, default=5e-4)
     p.add_argument("--momentum", type=float, default=None,
                    help="SGD momentum; default reproduces the original's quirk (momentum = wt_dec)")
@@ -342,11 +340,9 @@ def renamed_flags(saved: dict) -> dict:
     ``workers`` -> ``num_workers``, ``crop`` -> ``crop_size``; a state written then still
     resumes."""
     out = dict(saved)
-    if "voc12_root" in out and "data_root" not in out:
-        out["data_root"] = out.pop("voc12_root")
     if "no_color_jitter" in out and "color_jitter" not in out:
         out["color_jitter"] = not out.pop("no_color_jitter")
-    for old, new in (("workers", "num_workers"), ("crop", "crop_size")):
+    for old, new in (("voc12_root", "data_root"), ("workers", "num_workers"), ("crop", "crop_size")):
         if old in out and new not in out:
             out[new] = out.pop(old)
     return out

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lib.cli import add_bool, add_data_args, not_in_paper
+from lib.cli import add_backbone_width, add_bool, add_data_args, add_num_workers, not_in_paper
 from lib.crf import crf_from_cam_alphas
 from lib.datasets import MultiScaleInferenceDataset, resolve_list
 from lib.errors import check_args, run_main
@@ -40,10 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--crf_alphas", type=float, nargs="+", default=[2.0, 4.0])
     p.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
     add_bool(p, "flip", True, "add the horizontal flip of every scale", old="--no_flip")
-    p.add_argument("--backbone_width", type=float, default=1.0,
-                   help="channel multiplier of ResNet-38 (1.0 = the paper)")
-    p.add_argument("--num_workers", "--workers", dest="num_workers", type=int, default=2,
-                   help="data-loading worker processes")
+    add_backbone_width(p)
+    add_num_workers(p, default=2)
     p.add_argument("--crf_workers", type=int, default=2,
                    help="processes running the dense CRF (0: in the main process); one core each. "
                         "At VOC size the CRF, not the network, bounds a GPU run: give it the cores "

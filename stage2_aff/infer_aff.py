@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib.cli import add_bool, add_data_args, not_in_paper
+from lib.cli import add_backbone_width, add_bool, add_data_args, add_num_workers, not_in_paper
 from lib.crf import dense_crf
 from lib.datasets import InferenceDataset, resolve_list
 from lib.datasets.layout import check_files_exist
@@ -51,10 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--logt", type=int, default=6, help="walk length 2^logt")
     p.add_argument("--method", default="auto", choices=list(METHODS),
                    help="random-walk evaluation: dense (original T^(2^logt)), sparse, auto")
-    p.add_argument("--backbone_width", type=float, default=1.0,
-                   help="channel multiplier of ResNet-38 (1.0 = the paper)")
-    p.add_argument("--num_workers", "--workers", dest="num_workers", type=int, default=2,
-                   help="data-loading worker processes")
+    add_backbone_width(p)
+    add_num_workers(p, default=2)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0)
