@@ -62,9 +62,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_root", "--voc_root", dest="data_root", required=True,
                    help="VOCdevkit/VOC2012 folder")
-    p.add_argument("--aug_dir", default=None, help="default <voc_root>/SegmentationClassAug")
-    p.add_argument("--val_list", default=None, help="default <voc_root>/ImageSets/Segmentation/val.txt")
-    p.add_argument("--out", default=None, help="default <voc_root>/ImageSets/Segmentation/train_aug.txt")
+    p.add_argument("--aug_dir", default=None, help="default <data_root>/SegmentationClassAug")
+    p.add_argument("--val_list", default=None, help="default <data_root>/ImageSets/Segmentation/val.txt")
+    p.add_argument("--out", default=None, help="default <data_root>/ImageSets/Segmentation/train_aug.txt")
     p.add_argument("--expect", type=int, default=None,
                    help=f"fail unless exactly this many ids result (full VOC + SBD: {FULL_TRAIN_AUG})")
     add_bool(p, "check_images", True, "require JPEGImages/<id>.jpg of every id",

@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     p.add_argument("--split", "--splits", dest="splits", nargs="+", action="extend", required=True,
                    help="one or more splits, e.g. train2014 val2014")
     p.add_argument("--ann_file", default=None,
-                   help="instances JSON (only with a single split; default <coco_root>/annotations/instances_<split>.json)")
+                   help="instances JSON (only with a single split; default <data_root>/annotations/instances_<split>.json)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--overwrite", action="store_true", help="rewrite label PNGs that already exist")
     add_bool(p, "progress", True, "the progress bar", old="--no_progress")
