@@ -16,6 +16,8 @@
 #   PYTHON [.venv/bin/python when it exists, else python]   interpreter
 #   TRAIN_SPLIT [train_aug]  training / pseudo-label split; EVAL_TRAIN_SPLIT [train] has GT
 #   VAL_SPLIT [val]
+#   FINAL_EVAL_TRAIN [1]     0: evaluate the final network on VAL_SPLIT only (the paper reports the
+#                            pseudo-labels on train and the final network on val / test)
 #   CAM_TRAIN_ARGS, CAM_INFER_ARGS, AFF_TRAIN_ARGS, AFF_INFER_ARGS, SEG_TRAIN_ARGS, SEG_INFER_ARGS
 #                            extra flags appended to each stage's command
 #   SEG_CONFIG [voc/config_voc2012.py]   stage-3 config file
@@ -38,8 +40,10 @@ VAL_SPLIT=${VAL_SPLIT:-val}
 SEG_CONFIG=${SEG_CONFIG:-voc/config_voc2012.py}
 SEG_LABELS=${SEG_LABELS:-rw}
 SAVE_EVERY=${SAVE_EVERY:-500}
+FINAL_EVAL_TRAIN=${FINAL_EVAL_TRAIN:-1}
 case $SEG_LABELS in rw|crf) ;; *) echo "SEG_LABELS must be rw or crf, not '$SEG_LABELS'" >&2; exit 2;; esac
 case $NPROC in ''|*[!0-9]*|0*) echo "NPROC must be a positive integer, not '$NPROC'" >&2; exit 2;; esac
+case $FINAL_EVAL_TRAIN in 0|1) ;; *) echo "FINAL_EVAL_TRAIN must be 0 or 1, not '$FINAL_EVAL_TRAIN'" >&2; exit 2;; esac
 case $SAVE_EVERY in ''|*[!0-9]*) echo "SAVE_EVERY must be a number of steps (0: only at the end), not '$SAVE_EVERY'" >&2; exit 2;; esac
 read -r -a _stages <<< "${STAGES//,/ }"
 for _s in "${_stages[@]}"; do
@@ -196,7 +200,9 @@ if [[ " $STAGES " == *" 3 "* ]]; then
     --pseudo_gt "$SEG_GT" --session_name "$EXPDIR/ckpts/final" --weights "$WEIGHTS" "${TRAIN_FLAGS[@]}" \
     --set NUM_CLASSES=$((NUM_CLASSES + 1)) \
     "${SEG_TRAIN_EXTRA[@]}"
-  for split in "$VAL_SPLIT" "$EVAL_TRAIN_SPLIT"; do
+  final_splits=("$VAL_SPLIT")
+  if [ "$FINAL_EVAL_TRAIN" = 1 ]; then final_splits+=("$EVAL_TRAIN_SPLIT"); fi
+  for split in "${final_splits[@]}"; do
     step "infer_seg_$split" 3 launch stage3_seg.infer_seg --config "$SEG_CONFIG" "${DATA[@]}" \
       --weights "$EXPDIR/ckpts/final.pth" --infer_list "$split" \
       --out_pred "$EXPDIR/results/$split" "${SEG_INFER_EXTRA[@]}"
