@@ -25,11 +25,9 @@ case $REGIME in
            exit 2
          fi
          export WEIGHTS=${DEMO_WEIGHTS:-pretrained/synthetic_trunk_w0.125.pth}
-         export SEG_LABELS=${SEG_LABELS:-rw}
-         DEFAULT_SEG_STEPS=600 ;;
+         export SEG_LABELS=${SEG_LABELS:-rw} ;;
   scratch) export WEIGHTS=none
-           export SEG_LABELS=${SEG_LABELS:-crf}
-           DEFAULT_SEG_STEPS=800 ;;
+           export SEG_LABELS=${SEG_LABELS:-crf} ;;
   *) echo "$(basename "$0"): DEMO_REGIME must be paper or scratch, not '$REGIME'" >&2; exit 2;;
 esac
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -44,7 +42,6 @@ SIZE=${DEMO_SIZE:-96}
 WIDTH=${DEMO_WIDTH:-0.125}
 CAM_STEPS=${DEMO_CAM_STEPS:-1200}
 AFF_STEPS=${DEMO_AFF_STEPS:-1000}
-SEG_STEPS=${DEMO_SEG_STEPS:-$DEFAULT_SEG_STEPS}
 BATCH=${DEMO_BATCH:-8}
 SEED=${DEMO_SEED:-0}
 CROP=$SIZE
@@ -77,7 +74,7 @@ paper)
   export CAM_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 5 / 4)) --max_steps $CAM_STEPS ${DEMO_CAM_TRAIN_ARGS:-}"
   export AFF_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 3 / 2)) --max_steps $AFF_STEPS ${DEMO_AFF_TRAIN_ARGS:-}"
   export AFF_INFER_ARGS="--backbone_width $WIDTH --device cpu --upscale 2 --logt 3 --crf ${DEMO_AFF_INFER_ARGS:-}"
-  SEG_SCALE="--set RANDOM_SCALE=(1.0,2.0)"
+  SEG_RECIPE="--max_steps ${DEMO_SEG_STEPS:-600} --set RANDOM_SCALE=(1.0,2.0)"
   ;;
 scratch)
   # Every network from random initialisation, where the original regime does not work; each
@@ -93,12 +90,12 @@ scratch)
   export CAM_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 5 / 4)) --max_steps $CAM_STEPS $SCRATCH --loss_weight 0 --rv_pooling avg --no-fsl ${DEMO_CAM_TRAIN_ARGS:-}"
   export AFF_TRAIN_ARGS="$COMMON --crop_size $CROP --resize_long $SIZE $((SIZE * 3 / 2)) --max_steps $AFF_STEPS $SCRATCH ${DEMO_AFF_TRAIN_ARGS:-}"
   export AFF_INFER_ARGS="--backbone_width $WIDTH --device cpu --alpha 4 --crf ${DEMO_AFF_INFER_ARGS:-}"
-  SEG_SCALE=""
+  SEG_RECIPE="--max_steps ${DEMO_SEG_STEPS:-800}"
   ;;
 esac
 # Both regimes read the CAMs out as ReLU'd logits narrowed by a power, and train stage 3 with poly
 # AdamW, BN momentum 0.1 and no dropout (docs/DEMO.md measures why).
 export CAM_INFER_ARGS="--backbone_width $WIDTH --num_workers 1 --crf_workers 2 --device cpu --cam_source relu_logits --cam_power 2.4 ${DEMO_CAM_INFER_ARGS:-}"
-export SEG_TRAIN_ARGS="$COMMON --crop_size $CROP --max_steps $SEG_STEPS --lr ${DEMO_SEG_LR:-0.001} --bn_momentum 0.1 --optimizer adamw --no-dropout $SEG_SCALE ${DEMO_SEG_TRAIN_ARGS:-}"
+export SEG_TRAIN_ARGS="$COMMON --crop_size $CROP $SEG_RECIPE --lr ${DEMO_SEG_LR:-0.001} --bn_momentum 0.1 --optimizer adamw --no-dropout ${DEMO_SEG_TRAIN_ARGS:-}"
 export SEG_INFER_ARGS="--backbone_width $WIDTH --crf_workers 2 --device cpu ${DEMO_SEG_INFER_ARGS:-}"
 source tools/pipeline.sh
