@@ -51,8 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_bool(p, "fsl", True, "feature similarity loss on view 1", old="--no_fsl")
     p.add_argument("--fsl_mu", type=float, default=2.5)
     p.add_argument("--fsl_sigma", type=float, default=5.0)
-    p.add_argument("--fsl_mode", default="windowed", choices=["windowed", "dense"],
-                   help="windowed = exact to 1e-4 within ceil(5 sigma), O(HW*window) memory; dense = original")
+    p.add_argument("--fsl_mode", default="blocked", choices=["blocked", "dense"],
+                   help="blocked = the exact sum in pixel tiles, memory O(HW K); dense = the original (HW)^2 matrices")
     demo = not_in_paper(p)
     demo.add_argument("--view2_scale", type=float, default=VIEW2_SCALE,
                       help="SEAM's second view: the crop bilinearly downscaled by this factor (the "

@@ -66,8 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default: config TRAIN_SPLIT)")
     add_bool(p, "fsl", True, "the feature similarity loss (--no-fsl: cross entropy only, same as "
              "--set FSL_WEIGHT=0)", old="--no_fsl")
-    p.add_argument("--fsl_mode", default="windowed", choices=["windowed", "dense"],
-                   help="feature similarity loss implementation (windowed = exact within 5 sigma)")
+    p.add_argument("--fsl_mode", default="blocked", choices=["blocked", "dense"],
+                   help="blocked = the exact sum in pixel tiles, memory O(HW K); dense = the original (HW)^2 matrices")
     not_in_paper(p).add_argument(
         "--fsl_align_corners", action=argparse.BooleanOptionalAction, default=True,
         help="FSL colour input: the crop resized to the cam size with align_corners=True (the "
@@ -89,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def seg_loss(model: nn.Module, image: torch.Tensor, label: torch.Tensor, fsl_weight: float,
-             mu: float, sigma: float, fsl_mode: str = "windowed", fsl_align_corners: bool = True):
+             mu: float, sigma: float, fsl_mode: str = "blocked", fsl_align_corners: bool = True):
     """CE(logits, label; ignore 255) + fsl_weight * L_fs(image01 at the cam size, cam), over
     the global batch.
 

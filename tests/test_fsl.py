@@ -1,4 +1,4 @@
-"""Feature similarity loss: dense formula vs hand-computed / loop references, windowed vs dense."""
+"""Feature similarity loss: dense formula vs hand-computed / loop references, blocked vs dense."""
 import math
 
 import pytest
@@ -6,16 +6,15 @@ import torch
 import torch.nn.functional as F
 
 from lib.losses.feature_similarity import (
-    default_window_radius,
+    default_block_size,
     feature_similarity_loss,
+    feature_similarity_loss_blocked,
     feature_similarity_loss_dense,
-    feature_similarity_loss_windowed,
 )
 
 
-def loop_reference(image01, pred, mu=2.5, sigma=5.0, radius=None):
-    """Straight transcription of the docs/METHOD.md section 3.4 sum over ordered pixel pairs
-    (optionally |di|,|dj| <= radius)."""
+def loop_reference(image01, pred, mu=2.5, sigma=5.0):
+    """Straight transcription of the docs/METHOD.md section 3.4 sum over ordered pixel pairs."""
     n, k, h, w = pred.shape
     x = image01.double().tolist()
     y = pred.double().tolist()
@@ -25,8 +24,6 @@ def loop_reference(image01, pred, mu=2.5, sigma=5.0, radius=None):
             ri, ci = divmod(i, w)
             for j in range(h * w):
                 rj, cj = divmod(j, w)
-                if radius is not None and (abs(ri - rj) > radius or abs(ci - cj) > radius):
-                    continue
                 dx = sum(abs(x[b][c][ri][ci] - x[b][c][rj][cj]) for c in range(3)) / 3
                 dx = min(max(dx, 0.0), 1.0)
                 kx = math.tanh(mu + math.log((dx + 1e-5) / (1 - dx + 1e-5)))
@@ -55,7 +52,7 @@ def test_two_pixel_hand_computed():
     dp = math.exp(-0.5 * (1 / 5) ** 2) / (2 * math.pi * 25)
     expected = -(2 * dp * dy * kx) / 2  # two ordered pairs, N*H*W = 2
     assert expected < 0  # different colours (kx > 0) push apart: the loss rewards dy
-    for mode in ("dense", "windowed"):
+    for mode in ("dense", "blocked"):
         got = feature_similarity_loss(image, pred, mode=mode)
         assert got.item() == pytest.approx(expected, rel=1e-10), mode
 
@@ -68,81 +65,82 @@ def test_dense_matches_loop_reference():
     assert got.item() == pytest.approx(want, rel=1e-10)
 
 
-def test_windowed_window_semantics_match_loop_reference():
-    image, pred = smooth_inputs(1, 3, 5, 6, seed=2)
-    for radius in (1, 2):
-        want = loop_reference(image, pred, sigma=2.0, radius=radius)
-        got = feature_similarity_loss_windowed(image, pred, sigma=2.0, window_radius=radius, tile_width=2)
-        assert got.item() == pytest.approx(want, rel=1e-10), radius
+@pytest.mark.parametrize("block", [1, 7, 30])  # single pixels / blocks not dividing HW / one block
+def test_blocked_matches_loop_reference(block):
+    image, pred = smooth_inputs(2, 3, 5, 6, seed=2)
+    image[1, :, 4, 5] = -0.3  # out-of-range colour: dx must be clamped
+    want = loop_reference(image, pred, mu=2.0, sigma=2.0)
+    got = feature_similarity_loss_blocked(image, pred, mu=2.0, sigma=2.0, block_size=block)
+    assert got.item() == pytest.approx(want, rel=1e-12)
 
 
-@pytest.mark.parametrize("tile_width", [64, 7])  # one tile / several tiles
-def test_windowed_equals_dense_values_and_grads(tile_width):
-    # 20x24 with the default R = 25: every pair is inside the window, so the sums must agree.
-    image, pred0 = smooth_inputs(2, 4, 20, 24, seed=3)
-    grads, vals = [], []
-    for mode in ("dense", "windowed"):
-        pred = pred0.clone().requires_grad_(True)
-        kw = {"tile_width": tile_width} if mode == "windowed" else {}
-        loss = feature_similarity_loss(image, pred, mode=mode, **kw)
-        loss.backward()
-        vals.append(loss.item())
-        grads.append(pred.grad)
-    assert vals[1] == pytest.approx(vals[0], rel=1e-9)
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-8, atol=1e-12)
-
-
-def test_windowed_float32_matches_dense_float64():
-    image, pred0 = smooth_inputs(2, 4, 20, 24, seed=4)
-    ref = feature_similarity_loss_dense(image, pred0).item()
-    pred = pred0.float().requires_grad_(True)
-    loss = feature_similarity_loss_windowed(image.float(), pred)
-    assert loss.dtype == torch.float32
-    assert loss.item() == pytest.approx(ref, rel=1e-5)
+def _value_and_grad(fn, image, pred0):
+    pred = pred0.clone().requires_grad_(True)
+    loss = fn(image, pred)
     loss.backward()
-    pred64 = pred0.clone().requires_grad_(True)
-    feature_similarity_loss_dense(image, pred64).backward()
-    torch.testing.assert_close(pred.grad.double(), pred64.grad, rtol=1e-4, atol=1e-9)
+    return loss.item(), pred.grad
 
 
-def test_default_window_truncation_within_1e4():
-    # 40x40: pairs beyond R = 25 exist and are dropped; values and gradients stay within 1e-4.
-    assert default_window_radius(5.0) == 25
-    image, pred0 = smooth_inputs(1, 6, 40, 40, seed=5)
-    pred_d = pred0.clone().requires_grad_(True)
-    dense = feature_similarity_loss_dense(image, pred_d)
-    dense.backward()
-    pred_w = pred0.clone().requires_grad_(True)
-    windowed = feature_similarity_loss_windowed(image, pred_w)
-    windowed.backward()
-    assert windowed.item() != dense.item()  # something really was truncated
-    assert abs(windowed.item() - dense.item()) <= 1e-4 * abs(dense.item())
-    rel_grad = (pred_w.grad - pred_d.grad).norm() / pred_d.grad.norm()
-    assert rel_grad <= 1e-4
+@pytest.mark.parametrize("block", [None, 113, 1920])  # default (181) / ragged tiles / dense in one tile
+def test_blocked_equals_dense_float64_beyond_the_old_window(block):
+    # 30x64: pairs up to 63 columns apart, beyond the 51-wide window the FSL used to truncate to;
+    # the blocked sum must equal the original dense one (loss and gradient) to rounding.
+    image, pred0 = smooth_inputs(1, 5, 30, 64, seed=3)
+    v_dense, g_dense = _value_and_grad(feature_similarity_loss_dense, image, pred0)
+    v_block, g_block = _value_and_grad(
+        lambda i, p: feature_similarity_loss_blocked(i, p, block_size=block), image, pred0)
+    assert v_block == pytest.approx(v_dense, rel=1e-11)
+    assert (g_block - g_dense).norm() <= 1e-11 * g_dense.norm()
 
 
-def test_default_window_on_real_image(shared_dir):
-    # The hardest case found in a sweep (real VOC image at the 56x56 CAM size, smooth random
-    # 21-class CAM whose loss nearly cancels): R = 5 sigma stays within 1e-4, R = 4 sigma does not.
+def test_blocked_float32_matches_dense_float64():
+    image, pred0 = smooth_inputs(2, 4, 20, 24, seed=4)
+    ref, g_ref = _value_and_grad(feature_similarity_loss_dense, image, pred0)
+    pred = pred0.float().requires_grad_(True)
+    loss = feature_similarity_loss_blocked(image.float(), pred)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(ref, rel=1e-6)
+    loss.backward()
+    assert pred.grad.dtype == torch.float32
+    torch.testing.assert_close(pred.grad.double(), g_ref, rtol=1e-5, atol=1e-9)
+
+
+def test_blocked_ignores_autocast():
+    # Under CPU bf16 autocast bmm would run in bfloat16; the loss keeps its float64 products.
+    image, pred0 = smooth_inputs(2, 3, 12, 10, seed=7)
+    image, pred0 = image.float(), pred0.float()
+    plain = feature_similarity_loss_blocked(image, pred0).item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = feature_similarity_loss_blocked(image, pred0).item()
+    assert auto == plain
+
+
+def test_default_block_size():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert default_block_size(8, 3136, cpu) == 181  # sqrt(2^18 / 8)
+    assert default_block_size(8, 3136, cuda) == 2048  # sqrt(2^25 / 8)
+    assert default_block_size(1, 100, cuda) == 100  # never more than HW
+    assert default_block_size(4096, 3136, cpu) == 32  # never fewer than 32
+    with pytest.raises(ValueError, match="block_size"):
+        feature_similarity_loss_blocked(torch.rand(1, 3, 4, 4), torch.rand(1, 2, 4, 4), block_size=0)
+
+
+def test_blocked_on_real_image(shared_dir):
+    # A real VOC image at the 56x56 CAM size with a smooth random 21-class CAM whose loss nearly
+    # cancels (the case that needed R >= 5 sigma when the FSL was truncated to a window).
     cv2 = pytest.importorskip("cv2")
     path = shared_dir / "data" / "voc_real" / "2007_000033.jpg"
     if not path.is_file():
         pytest.skip(f"{path} not present")
     img = torch.from_numpy(cv2.imread(str(path))[:, :, ::-1].copy()).permute(2, 0, 1)[None]
     image = F.interpolate(img.double() / 255, size=(56, 56), mode="bilinear", align_corners=False)
-    torch.manual_seed(3)
-    for k in (1, 3):  # replay the sweep's random stream up to the (seed 3, blur 7, image 2) case
-        for _ in range(3):
-            torch.randn(1, 21, 56, 56, dtype=torch.float64)
-    for _ in range(2):
-        torch.randn(1, 21, 56, 56, dtype=torch.float64)
-    logits = F.avg_pool2d(torch.randn(1, 21, 56, 56, dtype=torch.float64) * 4, 7, 1, 3) * 3
+    g = torch.Generator().manual_seed(3)
+    logits = F.avg_pool2d(torch.randn(1, 21, 56, 56, dtype=torch.float64, generator=g) * 4, 7, 1, 3) * 3
     pred = torch.softmax(logits, 1)
-    dense = feature_similarity_loss_dense(image, pred).item()
-    r25 = feature_similarity_loss_windowed(image, pred).item()
-    r20 = feature_similarity_loss_windowed(image, pred, window_radius=20).item()
-    assert abs(r25 - dense) <= 1e-4 * abs(dense)
-    assert abs(r20 - dense) > 1e-3 * abs(dense)
+    v_dense, g_dense = _value_and_grad(feature_similarity_loss_dense, image, pred)
+    v_block, g_block = _value_and_grad(feature_similarity_loss_blocked, image, pred)
+    assert v_block == pytest.approx(v_dense, rel=1e-10)
+    assert (g_block - g_dense).norm() <= 1e-10 * g_dense.norm()
 
 
 def test_similar_colours_attract():
@@ -151,7 +149,7 @@ def test_similar_colours_attract():
     flat = torch.full((1, 2, 6, 6), 0.5, dtype=torch.float64)
     bumpy = flat.clone()
     bumpy[0, 0, 2, 3], bumpy[0, 1, 2, 3] = 0.9, 0.1
-    for mode in ("dense", "windowed"):
+    for mode in ("dense", "blocked"):
         assert feature_similarity_loss(image, flat, mode=mode).item() == pytest.approx(0.0, abs=1e-15)
         assert feature_similarity_loss(image, bumpy, mode=mode).item() > 0
 
@@ -160,7 +158,7 @@ def test_gradients_only_to_prediction():
     image, pred0 = smooth_inputs(1, 3, 8, 9, seed=6)
     image = image.clone().requires_grad_(True)
     pred = pred0.clone().requires_grad_(True)
-    feature_similarity_loss_windowed(image, pred).backward()
+    feature_similarity_loss_blocked(image, pred).backward()
     assert image.grad is None
     assert pred.grad is not None and pred.grad.abs().sum() > 0
 
@@ -173,3 +171,17 @@ def test_one_pixel_and_bad_shapes():
         feature_similarity_loss(torch.rand(1, 1, 4, 4), torch.rand(1, 4, 4, 4))
     with pytest.raises(ValueError, match="mode"):
         feature_similarity_loss(torch.rand(1, 3, 4, 4), torch.rand(1, 4, 4, 4), mode="sparse")
+
+
+def test_bench_fsl_table(capsys):
+    # The benchmark runs each case in a subprocess and reports the blocked loss next to the dense
+    # one; both compute the same sum, so the reported relative difference is float32 rounding.
+    from tools import bench_fsl
+
+    bench_fsl.main(["--sizes", "10", "--batch", "2", "--channels", "3", "--repeats", "1",
+                    "--blocks", "0", "33"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  10x10")]
+    assert [r.split("|")[1].strip() for r in rows] == ["dense", "blocked B=auto", "blocked B=33"]
+    for row in rows[1:]:
+        rel = float(row.rsplit("rel. diff vs dense", 1)[1])
+        assert rel < 1e-5

@@ -1,4 +1,4 @@
-"""Time and peak memory of the feature similarity loss, dense vs windowed (lib/losses/feature_similarity.py).
+"""Time and peak memory of the feature similarity loss, dense vs blocked (lib/losses/feature_similarity.py).
 
 Each (size, mode) case runs forward + backward in its own subprocess so that peak memory can be
 read per case: on CPU the peak resident set (ru_maxrss) of the case minus that of a baseline
@@ -7,7 +7,10 @@ minus the inputs. The dense loss needs several (N, HW, HW) matrices; a case whos
 not fit in the available memory is reported as skipped instead of being run.
 
     python -m tools.bench_fsl [--sizes 56 112] [--batch 8] [--channels 21] [--repeats 2]
-                              [--threads 1] [--device cpu]
+                              [--threads 1] [--device cpu] [--blocks 0 128 1024]
+
+``--blocks`` times the blocked loss at several block sizes B (0 = the default for the device,
+``default_block_size``), to choose the default by measurement on a new machine.
 """
 from __future__ import annotations
 
@@ -45,7 +48,8 @@ def available_bytes(device: str) -> int:
     raise RunError("/proc/meminfo: cannot read MemAvailable")
 
 
-def _worker(mode: str, size: int, batch: int, channels: int, repeats: int, threads: int, device: str) -> dict:
+def _worker(mode: str, size: int, batch: int, channels: int, repeats: int, threads: int, device: str,
+            block: int = 0) -> dict:
     """Run one case in this process; returns timings (s), peak memory (bytes) and the loss value."""
     import torch
 
@@ -66,7 +70,8 @@ def _worker(mode: str, size: int, batch: int, channels: int, repeats: int, threa
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
-        loss = feature_similarity_loss(image, pred, mode=mode)
+        kwargs = {"block_size": block} if mode == "blocked" and block > 0 else {}
+        loss = feature_similarity_loss(image, pred, mode=mode, **kwargs)
         loss.backward()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
@@ -80,8 +85,9 @@ def _worker(mode: str, size: int, batch: int, channels: int, repeats: int, threa
     return {"times": times, "peak": peak, "loss": value}
 
 
-def _run_case(mode: str, size: int, args) -> dict:
+def _run_case(mode: str, size: int, args, block: int = 0) -> dict:
     cmd = [sys.executable, "-m", "tools.bench_fsl", "--_worker", mode, "--sizes", str(size),
+           "--blocks", str(block),
            "--batch", str(args.batch), "--channels", str(args.channels), "--repeats", str(args.repeats),
            "--threads", str(args.threads), "--device", args.device]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -99,52 +105,58 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=2, help="timed forward+backward runs per case (best is kept)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--modes", nargs="+", default=["dense", "windowed"], choices=["dense", "windowed"])
+    ap.add_argument("--modes", nargs="+", default=["dense", "blocked"], choices=["dense", "blocked"])
+    ap.add_argument("--blocks", type=int, nargs="+", default=[0],
+                    help="block sizes B of the blocked loss (0 = the device's default)")
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     check_args(args, {"repeats": ">= 1", "batch": ">= 1", "channels": ">= 1", "sizes": ">= 1",
-                      "threads": ">= 1"})
+                      "threads": ">= 1", "blocks": ">= 0"})
 
     if args._worker is not None:
         print(json.dumps(_worker(args._worker, args.sizes[0], args.batch, args.channels, args.repeats,
-                                 args.threads, args.device)))
+                                 args.threads, args.device, args.blocks[0])))
         return
 
     import torch
 
     on_cpu = not args.device.startswith("cuda")
     print(f"feature similarity loss forward+backward, batch {args.batch}, {args.channels} channels, "
-          f"mu 2.5, sigma 5 (windowed R = 25), device {args.device}, threads {args.threads}, "
+          f"mu 2.5, sigma 5, device {args.device}, threads {args.threads}, "
           f"best of {args.repeats}, torch {torch.__version__}")
     print("peak memory = " + ("max RSS of the case minus a baseline process (inputs only)" if on_cpu
                               else "max CUDA memory allocated beyond the inputs"))
-    header = f"{'size':>7} | {'mode':>8} | {'time (s)':>9} | {'peak MB':>8} | {'loss':>12} | note"
+    header = f"{'size':>7} | {'mode':>14} | {'time (s)':>9} | {'peak MB':>8} | {'loss':>13} | note"
     print(header)
     print("-" * len(header))
+    values = {}
     for size in args.sizes:
         baseline = _run_case("none", size, args)["peak"] if on_cpu else 0
-        values = {}
-        for mode in args.modes:
-            label = f"{size}x{size}"
+        label, dense_value = f"{size}x{size}", None
+        cases = [(m, b) for m in args.modes for b in (args.blocks if m == "blocked" else [0])]
+        for mode, block in cases:
+            name = mode if mode == "dense" else f"blocked B={block or 'auto'}"
             if mode == "dense":
                 need = dense_estimate_bytes(args.batch, size)
                 avail = available_bytes(args.device)
                 if need > 0.8 * avail:
-                    print(f"{label:>7} | {mode:>8} | {'-':>9} | {'-':>8} | {'-':>12} | skipped "
+                    print(f"{label:>7} | {name:>14} | {'-':>9} | {'-':>8} | {'-':>13} | skipped "
                           f"(needs ~{need / 2**30:.1f} GB, {avail / 2**30:.1f} GB available)")
                     continue
-            res = _run_case(mode, size, args)
+            res = _run_case(mode, size, args, block)
             if "error" in res:
-                print(f"{label:>7} | {mode:>8} | {'-':>9} | {'-':>8} | {'-':>12} | failed: {res['error']}")
+                print(f"{label:>7} | {name:>14} | {'-':>9} | {'-':>8} | {'-':>13} | failed: {res['error']}")
                 continue
-            values[mode] = res["loss"]
+            values[(size, name)] = res["loss"]
             note = ""
-            if mode == "windowed" and "dense" in values:
-                rel = abs(res["loss"] - values["dense"]) / max(abs(values["dense"]), 1e-30)
+            if mode == "dense":
+                dense_value = res["loss"]
+            elif dense_value is not None:
+                rel = abs(res["loss"] - dense_value) / max(abs(dense_value), 1e-30)
                 note = f"rel. diff vs dense {rel:.1e}"
             peak_mb = (res["peak"] - baseline) / 2**20
-            print(f"{label:>7} | {mode:>8} | {min(res['times']):9.3f} | {peak_mb:8.0f} | "
-                  f"{res['loss']:12.6e} | {note}")
+            print(f"{label:>7} | {name:>14} | {min(res['times']):9.3f} | {peak_mb:8.0f} | "
+                  f"{res['loss']:13.6e} | {note}")
     if not math.isfinite(sum(values.values()) if values else 0.0):
         raise RunError(f"non-finite loss {values}")
 

@@ -12,10 +12,10 @@ from lib.losses.classification import (
     with_background,
 )
 from lib.losses.feature_similarity import (
-    default_window_radius,
+    default_block_size,
     feature_similarity_loss,
+    feature_similarity_loss_blocked,
     feature_similarity_loss_dense,
-    feature_similarity_loss_windowed,
     fsl_image,
 )
 from lib.losses.seam import equivariant_cross_regularization_loss, equivariant_regularization_loss
@@ -23,12 +23,12 @@ from lib.losses.seam import equivariant_cross_regularization_loss, equivariant_r
 __all__ = [
     "affinity_loss",
     "classification_loss",
-    "default_window_radius",
+    "default_block_size",
     "equivariant_cross_regularization_loss",
     "equivariant_regularization_loss",
     "feature_similarity_loss",
+    "feature_similarity_loss_blocked",
     "feature_similarity_loss_dense",
-    "feature_similarity_loss_windowed",
     "fsl_image",
     "gap_loss",
     "hfpl_importance_sampling_loss",

@@ -11,19 +11,20 @@ prediction y (N, K, H, W) (CAM softmax probabilities), over all ordered pixel pa
 
 Similar colours (kx ~ -1) pull predictions together, different colours (kx ~ +1) push them apart.
 
-Two implementations:
+Two implementations, both exact (every ordered pair, no truncation):
 
 * ``feature_similarity_loss_dense``: the original formulation with (N, HW, HW) pair matrices;
   memory O(N (HW)^2). Kept as the reference.
-* ``feature_similarity_loss_windowed`` (default): only pairs with |di|, |dj| <= R. Beyond that
-  dp <= exp(-R^2 / (2 sigma^2)) / (2 pi sigma^2); the Gaussian mass outside the square window is
-  about 2 erfc(R / (sigma sqrt 2)) (1.3e-4 for R = 4 sigma, 1.1e-6 for R = 5 sigma; the default
-  is R = ceil(5 sigma), see :func:`default_window_radius`). Pairs are
-  enumerated by vertical offset a (the offsets (a, b) and (-a, -b) contribute equally, so only
-  a >= 0 is visited and doubled; i = j contributes 0); the horizontal offsets of a row pair form a
-  band matrix, evaluated with batched matrix products in column tiles. A custom autograd
-  function recomputes each step in backward, so only one step's intermediates exist at a time:
-  memory O(N H W (T + 2R)) for tile width T instead of O(N (HW)^2).
+* ``feature_similarity_loss_blocked`` (default): the same sum computed in pixel blocks. The pair
+  weight w_ij = dp_ij kx_ij depends on the image only and is symmetric, so the loss is a quadratic
+  form in the predictions,
+
+      sum_{i,j} w_ij ||y_i - y_j||^2 = 2 sum_i r_i |y_i|^2 - 2 sum_i y_i . (w y)_i,   r_i = sum_j w_ij,
+
+  and its gradient is 4 (r_i y_i - (w y)_i). One pass over the (block x block) tiles of w with
+  J >= I (each unordered tile once) accumulates r and w y with batched matrix products; both are
+  saved for backward, which is then a few element-wise operations (no recomputation, no Python
+  loop over offsets). Memory O(N HW K) plus a few (N, B, B) tiles.
 """
 from __future__ import annotations
 
@@ -34,23 +35,12 @@ import torch
 __all__ = [
     "fsl_image",
     "feature_similarity_loss",
+    "feature_similarity_loss_blocked",
     "feature_similarity_loss_dense",
-    "feature_similarity_loss_windowed",
-    "default_window_radius",
+    "default_block_size",
 ]
 
 _EPS = 1e-5
-
-
-def default_window_radius(sigma: float) -> int:
-    """R = ceil(5 sigma): default window radius of the windowed loss (25 for sigma = 5).
-
-    ceil(4 sigma) (1.3e-4 of the Gaussian mass left out) is not enough: L is a difference of
-    attracting (kx < 0) and repelling (kx > 0) terms that largely cancel, so the truncated tail
-    is large *relative to L*. R = 25 is the smallest radius whose relative error vs the dense
-    loss stayed below 1e-4 on real images (the table in docs/PERFORMANCE.md).
-    """
-    return max(1, math.ceil(5.0 * sigma))
 
 
 def _check(image01: torch.Tensor, pred: torch.Tensor) -> None:
@@ -100,132 +90,87 @@ def feature_similarity_loss_dense(image01: torch.Tensor, pred: torch.Tensor, mu:
     return -(dp * dy * kx).sum() / (n * h * w)
 
 
-def _to_rows(t: torch.Tensor) -> torch.Tensor:
-    """(N, C, h, W) -> (N*h, W, C): one batch entry per image row, channels last (a copy)."""
-    n, c, h, w = t.shape
-    return t.permute(0, 2, 3, 1).reshape(n * h, w, c)
+_CPU_TILE_ELEMENTS = 2**18    # N B^2 per tile: B = 181 at N = 8, the fastest on 2 CPU cores (docs/PERFORMANCE.md)
+_CUDA_TILE_ELEMENTS = 2**25   # 256 MB float64 tiles: B = 2048 at N = 8, 3 tiles at 56x56
 
 
-def _from_rows(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Inverse of :func:`_to_rows`: (N*h, W, C) -> (N, C, h, W)."""
-    nh, w, c = t.shape
-    return t.reshape(n, nh // n, w, c).permute(0, 3, 1, 2)
+def default_block_size(batch: int, pixels: int, device: torch.device) -> int:
+    """Pixels per block B (the tiles are (N, B, B)): sqrt(budget / N), at least 32, at most HW."""
+    budget = _CUDA_TILE_ELEMENTS if device.type == "cuda" else _CPU_TILE_ELEMENTS
+    return max(1, min(pixels, max(32, int(math.sqrt(budget / max(batch, 1))))))
 
 
-def _tiles(w: int, radius: int, tile: int):
-    """Column tiles [c0, c1) of the source pixels and the partner columns [p0, p1) they reach."""
-    for c0 in range(0, w, tile):
-        c1 = min(w, c0 + tile)
-        yield c0, c1, max(0, c0 - radius), min(w, c1 + radius)
+def _pair_sums(x: torch.Tensor, y: torch.Tensor, width: int, mu: float, sigma: float,
+               block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """r_i = sum_j w_ij and (w y)_i for w_ij = dp_ij kx_ij over all pixel pairs.
 
-
-def _spatial_kernel(a: int, c0: int, c1: int, p0: int, p1: int, radius: int, sigma: float,
-                    dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(c1-c0, p1-p0) matrix dp((a, p - c)) on the half window (|p - c| <= R; p > c when a = 0), else 0."""
-    b = (torch.arange(p0, p1, device=device)[None, :] - torch.arange(c0, c1, device=device)[:, None])
-    keep = (b.abs() <= radius) & ((b > 0) if a == 0 else torch.ones_like(b, dtype=torch.bool))
-    dp = torch.exp(-0.5 * (a * a + b.to(dtype) ** 2) / sigma**2) / (2.0 * math.pi * sigma**2)
-    return torch.where(keep, dp, torch.zeros((), dtype=dtype, device=device))
-
-
-def _windowed_terms(pred: torch.Tensor, image: torch.Tensor, radius: int, mu: float, sigma: float,
-                    tile: int):
-    """Yield, per vertical offset a in [0, R] and column tile, the pieces of the band sum
-
-        S_{a,tile} = sum_{c in tile, p} w[c, p] ||ys_c - yp_p||^2
-                   = sum_c |ys_c|^2 rs_c + sum_p |yp_p|^2 cs_p - 2 sum_c ys_c . (w yp)_c
-
-    where ys = source rows r, yp = partner rows r + a (both (N*h', W, K)), w = dp kx (N*h', T, P),
-    rs/cs its row/column sums. Expanding the square turns the K-channel pair sum into one batched
-    matrix product per step (no (pairs x K) tensor); callers use float64 so the expansion does not
-    lose the precision a direct difference has.
+    x (N, P, 3) colours, y (N, P, K) predictions, P = H W in raster order of rows of ``width``
+    -> r (N, P), wy (N, P, K). Tiles (I, J) with J >= I: tile I-J adds w_IJ y_J to rows I and,
+    off the diagonal, w_IJ^T y_I to rows J. A ones column appended to y makes r the last column
+    of the same product.
     """
-    n, _, h, w = pred.shape
-    for a in range(0, min(radius, h - 1) + 1):
-        ys, yp = _to_rows(pred[:, :, : h - a]), _to_rows(pred[:, :, a:])
-        xs, xp = _to_rows(image[:, :, : h - a]), _to_rows(image[:, :, a:])
-        for c0, c1, p0, p1 in _tiles(w, radius, tile):
-            spatial = _spatial_kernel(a, c0, c1, p0, p1, radius, sigma, pred.dtype, pred.device)
-            weight = _colour_kernel_rational(torch.cdist(xs[:, c0:c1], xp[:, p0:p1], p=1.0), mu).mul_(spatial)
-            yield a, (c0, c1, p0, p1), ys[:, c0:c1], yp[:, p0:p1], weight
+    n, p, k = y.shape
+    y1 = torch.cat([y, y.new_ones(n, p, 1)], 2)  # (N, P, K+1)
+    y1t = y1.transpose(1, 2).contiguous()  # (N, K+1, P): w^T y as y^T w keeps w's layout
+    acc, acc_t = torch.zeros_like(y1), torch.zeros_like(y1t)
+    idx = torch.arange(p, device=y.device)
+    rows, cols = (idx // width).to(y.dtype), (idx % width).to(y.dtype)
+    for a0 in range(0, p, block):
+        a1 = min(p, a0 + block)
+        for b0 in range(a0, p, block):
+            b1 = min(p, b0 + block)
+            d2 = (rows[a0:a1, None] - rows[None, b0:b1]).square_() + (cols[a0:a1, None] - cols[None, b0:b1]).square_()
+            dp = d2.mul_(-0.5 / sigma**2).exp_().div_(2.0 * math.pi * sigma**2)
+            weight = _colour_kernel_rational(torch.cdist(x[:, a0:a1], x[:, b0:b1], p=1.0), mu).mul_(dp)
+            if b0 == a0:  # i = j pairs have dy = 0: drop them so they add no rounding either
+                weight.diagonal(dim1=1, dim2=2).zero_()
+            acc[:, a0:a1] += torch.bmm(weight, y1[:, b0:b1])
+            if b0 != a0:
+                acc_t[:, :, b0:b1] += torch.bmm(y1t[:, :, a0:a1], weight)
+    acc += acc_t.transpose(1, 2)
+    return acc[..., k], acc[..., :k]
 
 
-class _WindowedPairSum(torch.autograd.Function):
-    """S = sum_{o in half window} sum_i w_o(i) ||y_i - y_{i+o}||^2, w_o(i) = dp(o) kx(i, i+o)
-    (computed by :func:`_windowed_terms`). Backward recomputes each step instead of storing it:
-
-        dS/dys_c = 2 (ys_c rs_c - (w yp)_c),   dS/dyp_p = 2 (yp_p cs_p - (w^T ys)_p).
-    """
+class _QuadraticPairSum(torch.autograd.Function):
+    """S(y) = sum_{i,j} w_ij ||y_i - y_j||^2 = 2 sum_i (r_i |y_i|^2 - y_i . (w y)_i),
+    dS/dy_i = 4 (r_i y_i - (w y)_i); r and w y come from :func:`_pair_sums` and are saved."""
 
     @staticmethod
-    def forward(ctx, pred, image, radius, mu, sigma, tile):
-        ctx.save_for_backward(pred, image)
-        ctx.params = (radius, mu, sigma, tile)
-        total = pred.new_zeros(())
-        for _, _, ys, yp, weight in _windowed_terms(pred, image, radius, mu, sigma, tile):
-            total += ((ys.square().sum(2) * weight.sum(2)).sum()
-                      + (yp.square().sum(2) * weight.sum(1)).sum()
-                      - 2.0 * (ys * torch.bmm(weight, yp)).sum())
-        return total
+    def forward(ctx, y, x, width, mu, sigma, block):
+        with torch.autocast(y.device.type, enabled=False):  # float64 products stay float64
+            r, wy = _pair_sums(x, y, width, mu, sigma, block)
+        ctx.save_for_backward(y, r, wy)
+        return 2.0 * ((y.square().sum(2) * r).sum() - (y * wy).sum())
 
     @staticmethod
     def backward(ctx, grad_out):
-        pred, image = ctx.saved_tensors
-        radius, mu, sigma, tile = ctx.params
-        n, _, h, w = pred.shape
-        grad = torch.zeros_like(pred)
-        current, g_src, g_par = None, None, None
-        for a, (c0, c1, p0, p1), ys, yp, weight in _windowed_terms(pred, image, radius, mu, sigma, tile):
-            if a != current:
-                if current is not None:
-                    grad[:, :, : h - current] += _from_rows(g_src, n)
-                    grad[:, :, current:] += _from_rows(g_par, n)
-                current = a
-                g_src = pred.new_zeros(n * (h - a), w, pred.shape[1])
-                g_par = torch.zeros_like(g_src)
-            g_src[:, c0:c1] += ys * weight.sum(2, keepdim=True) - torch.bmm(weight, yp)
-            g_par[:, p0:p1] += yp * weight.sum(1).unsqueeze(2) - torch.bmm(weight.transpose(1, 2), ys)
-        if current is not None:
-            grad[:, :, : h - current] += _from_rows(g_src, n)
-            grad[:, :, current:] += _from_rows(g_par, n)
-        return grad * (2.0 * grad_out), None, None, None, None, None
+        y, r, wy = ctx.saved_tensors
+        return (4.0 * grad_out) * (y * r.unsqueeze(2) - wy), None, None, None, None, None
 
 
-def feature_similarity_loss_windowed(image01: torch.Tensor, pred: torch.Tensor, mu: float = 2.5,
-                                     sigma: float = 5.0, window_radius: int | None = None,
-                                     tile_width: int = 16,
-                                     compute_dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
-    """Windowed feature similarity loss: the dense sum restricted to |di|, |dj| <= R.
+def feature_similarity_loss_blocked(image01: torch.Tensor, pred: torch.Tensor, mu: float = 2.5,
+                                    sigma: float = 5.0, block_size: int | None = None,
+                                    compute_dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
+    """Exact feature similarity loss over all pixel pairs, in (N, B, B) tiles (module docstring).
 
-    image01 (N, 3, H, W) in [0, 1], pred (N, K, H, W) -> scalar.
-    L_R = -(2 / (N H W)) sum_{o = (a, b) in half window} dp(o) sum_i kx(i, i+o) dy(i, i+o),
-    half window = {a in 1..R, |b| <= R} U {a = 0, b in 1..R} (each unordered pair once, doubled).
-    For each vertical offset a the horizontal offsets form a band of a (W x W) row-pair matrix,
-    processed in column tiles of ``tile_width`` sources (partner columns = tile +- R). Extra memory
-    per step ~ N H tile_width (tile_width + 2R) values; the backward pass recomputes each step.
-    Small tiles waste fewer out-of-band entries (16 was fastest and leanest on CPU at 56x56 and
-    112x112); on a GPU larger tiles mean fewer kernel launches.
-    ``window_radius`` defaults to :func:`default_window_radius` (ceil(5 sigma)).
-    ``compute_dtype`` (float64 by default; None = pred's dtype) is the internal precision; the
-    result is returned in pred's dtype.
-    The image is treated as data: no gradient flows to ``image01`` (the original's image is the
-    network input, which has none either).
+    image01 (N, 3, H, W) in [0, 1], pred (N, K, H, W) -> scalar, equal to
+    :func:`feature_similarity_loss_dense` up to rounding, with memory O(N H W K + N B^2).
+    ``block_size`` B (pixels per block) defaults to :func:`default_block_size`: small tiles on
+    the CPU (cache), large ones on CUDA (fewer kernels). ``compute_dtype`` (float64 by default;
+    None = pred's dtype) is the internal precision: the quadratic-form expansion subtracts two
+    nearly equal sums, which float32 would round away. The result is returned in pred's dtype.
+    No gradient flows to ``image01`` (the original's image is the network input, which has none).
     """
     _check(image01, pred)
-    radius = default_window_radius(sigma) if window_radius is None else int(window_radius)
-    if radius < 1:
-        raise ValueError(f"window_radius must be >= 1, got {radius}")
-    if tile_width < 1:
-        raise ValueError(f"tile_width must be >= 1, got {tile_width}")
     n, _, h, w = pred.shape
+    block = default_block_size(n, h * w, pred.device) if block_size is None else int(block_size)
+    if block < 1:
+        raise ValueError(f"block_size must be >= 1, got {block}")
     dtype = pred.dtype if compute_dtype is None else compute_dtype
-    # Offsets beyond the image give no pairs; trimming R is exact and saves work on small maps.
-    radius = min(radius, max(h, w) - 1)
-    if radius < 1:  # a 1x1 map has no pairs
-        return pred.sum() * 0.0
-    total = _WindowedPairSum.apply(pred.to(dtype), image01.detach().to(dtype), radius,
-                                   float(mu), float(sigma), int(tile_width))
-    return (-2.0 * total / (n * h * w)).to(pred.dtype)
+    y = pred.to(dtype).flatten(2).transpose(1, 2)  # (N, HW, K)
+    x = image01.detach().to(dtype).flatten(2).transpose(1, 2).contiguous()  # (N, HW, 3)
+    total = _QuadraticPairSum.apply(y, x, w, float(mu), float(sigma), block)
+    return (-total / (n * h * w)).to(pred.dtype)
 
 
 def fsl_image(image: torch.Tensor, size: tuple[int, int], align_corners: bool = True) -> torch.Tensor:
@@ -248,16 +193,16 @@ def fsl_image(image: torch.Tensor, size: tuple[int, int], align_corners: bool = 
 
 
 def feature_similarity_loss(image01: torch.Tensor, pred: torch.Tensor, mu: float = 2.5,
-                            sigma: float = 5.0, mode: str = "windowed", **kwargs) -> torch.Tensor:
-    """Feature similarity loss (module docstring); ``mode`` 'windowed' (default) or 'dense'.
+                            sigma: float = 5.0, mode: str = "blocked", **kwargs) -> torch.Tensor:
+    """Feature similarity loss (module docstring); ``mode`` 'blocked' (default) or 'dense'.
 
     image01 (N, 3, H, W) in [0, 1], pred (N, K, H, W) -> scalar. Extra keyword arguments go to
-    :func:`feature_similarity_loss_windowed` (``window_radius``, ``offsets_per_step``, ...).
+    :func:`feature_similarity_loss_blocked` (``block_size``, ``compute_dtype``).
     """
-    if mode == "windowed":
-        return feature_similarity_loss_windowed(image01, pred, mu, sigma, **kwargs)
+    if mode == "blocked":
+        return feature_similarity_loss_blocked(image01, pred, mu, sigma, **kwargs)
     if mode == "dense":
         if kwargs:
             raise ValueError(f"dense feature similarity loss takes no options, got {sorted(kwargs)}")
         return feature_similarity_loss_dense(image01, pred, mu, sigma)
-    raise ValueError(f"unknown feature similarity mode {mode!r}; expected 'windowed' or 'dense'")
+    raise ValueError(f"unknown feature similarity mode {mode!r}; expected 'blocked' or 'dense'")
