@@ -82,7 +82,7 @@ def add_weak_stage_args(p: argparse.ArgumentParser, session_default: str) -> Non
     p.add_argument("--batch_size", type=int, default=8, help="global batch over all processes")
     p.add_argument("--max_epoches", "--epochs", dest="max_epoches", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.01)
-    add_num_workers(p, default=8)
+    add_num_workers(p)
     p.add_argument("--wt_dec", "--weight_decay", dest="wt_dec", type=float, default=5e-4)
     p.add_argument("--momentum", type=float, default=None,
                    help="SGD momentum; default reproduces the original's quirk (momentum = wt_dec)")
@@ -115,7 +115,12 @@ TRAIN_ARG_RANGES = {
 
 def check_train_args(args: argparse.Namespace, extra: dict[str, str] | None = None) -> None:
     """Reject values the flags' types accept but training cannot use (``--lr -1``,
-    ``--num_workers -3``, ...) with ``UserError`` naming the flag, before any work starts."""
+    ``--num_workers -3``, ...) with ``UserError`` naming the flag, before any work starts.
+    ``--num_workers auto`` is resolved here (``lib.workers.train_loader_workers``)."""
+    from lib.workers import train_loader_workers
+
+    if getattr(args, "num_workers", None) is not None:
+        args.num_workers = train_loader_workers(args.num_workers)
     check_args(args, {**TRAIN_ARG_RANGES, **(extra or {})})
     rl = getattr(args, "resize_long", None)
     if rl and rl[0] > rl[1]:
