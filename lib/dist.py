@@ -109,18 +109,27 @@ def batch_share(n_local: int, device: torch.device | str = "cpu") -> float:
     value sum_r share_r * mean_r; back-propagating ``world_size() * share * mean_r`` on every rank
     gives, after DDP's averaging, the gradient of the global mean.
     """
+    if not dist.is_initialized():
+        return 1.0  # n / n, without a device tensor to read back (a host sync on a GPU)
     total = all_reduce_sum(torch.tensor(float(n_local), dtype=torch.float64, device=device))
     return n_local / float(total)
 
 
-def global_parts(parts: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
+def global_parts(parts: dict[str, float | torch.Tensor],
+                 device: torch.device | str = "cpu") -> dict[str, float]:
     """Sum each logged value over the processes (one all-reduce); callers pass each process's
-    *contribution* (its local sum over the global count), so the sum is the global value."""
-    if not dist.is_initialized() or not parts:
-        return dict(parts)
+    *contribution* (its local sum over the global count), so the sum is the global value.
+
+    Values may be floats or 0-d tensors (on ``device``): they are stacked in float64 and read
+    back to the host once (one synchronisation per step instead of one per value)."""
+    if not parts:
+        return {}
     keys = list(parts)
-    vals = all_reduce_sum(torch.tensor([float(parts[k]) for k in keys], dtype=torch.float64,
-                                       device=device))
+    if all(isinstance(parts[k], (int, float)) for k in keys) and not dist.is_initialized():
+        return {k: float(parts[k]) for k in keys}
+    vals = torch.stack([torch.as_tensor(parts[k]).detach().to(device=device, dtype=torch.float64)
+                        .reshape(()) for k in keys])
+    vals = all_reduce_sum(vals)
     return {k: float(v) for k, v in zip(keys, vals.tolist())}
 
 
