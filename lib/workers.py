@@ -54,18 +54,26 @@ def available_cores() -> int:
     return max(1, cores // local)
 
 
+def split_cores(cores: int) -> dict[str, int]:
+    """The ``auto`` counts for a share of ``cores`` (module docstring): ``train_loader``,
+    ``infer_loader``, and ``infer_cam_crf`` (the CRF pool beside infer_cam's loaders)."""
+    infer_loader = min(INFER_LOADER_MAX, cores // 4)
+    return {"train_loader": min(TRAIN_LOADER_MAX, cores - 1), "infer_loader": infer_loader,
+            "infer_cam_crf": max(1, cores - infer_loader)}
+
+
 def train_loader_workers(value: int | str) -> int:
     """``--num_workers`` of a training stage: ``value`` or, for ``auto``, min(8, cores - 1)."""
     if value != AUTO:
         return int(value)
-    return min(TRAIN_LOADER_MAX, available_cores() - 1)
+    return split_cores(available_cores())["train_loader"]
 
 
 def infer_loader_workers(value: int | str) -> int:
     """``--num_workers`` of an inference stage: ``value`` or, for ``auto``, min(2, cores // 4)."""
     if value != AUTO:
         return int(value)
-    return min(INFER_LOADER_MAX, available_cores() // 4)
+    return split_cores(available_cores())["infer_loader"]
 
 
 def crf_workers(value: int | str, loader_workers: int = 0) -> int:
@@ -74,3 +82,13 @@ def crf_workers(value: int | str, loader_workers: int = 0) -> int:
     if value != AUTO:
         return int(value)
     return max(1, available_cores() - loader_workers)
+
+
+def main() -> None:
+    """``python -m lib.workers``: the ``auto`` counts of this process (tools/gpu_check.sh)."""
+    cores = available_cores()
+    print(" ".join([f"cores={cores}"] + [f"{k}={v}" for k, v in split_cores(cores).items()]))
+
+
+if __name__ == "__main__":
+    main()
