@@ -29,20 +29,25 @@ from lib.errors import UserError
 def setup_distributed(device_arg: str = "auto") -> tuple[int, int, torch.device]:
     """Initialise the process group when launched by torchrun.
 
-    Returns (rank, world_size, device). Backend: nccl on CUDA, gloo otherwise.
+    Returns (rank, world_size, device). Backend: nccl on CUDA with one GPU per process, gloo
+    otherwise -- on the CPU, and when a node runs more processes than it has GPUs (they share
+    the GPUs round-robin, ``LOCAL_RANK % device_count``; NCCL refuses two ranks on one GPU).
     ``device_arg``: 'auto' (CUDA if available), 'cpu' or 'cuda'.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
     use_cuda = torch.cuda.is_available() if device_arg == "auto" else device_arg == "cuda"
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        index = local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        shared_gpu = use_cuda and local_world > torch.cuda.device_count()
+        dist.init_process_group("nccl" if use_cuda and not shared_gpu else "gloo")
     return rank, world_size, device
 
 

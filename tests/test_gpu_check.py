@@ -163,3 +163,21 @@ def test_run_boxed_counts_timed_phases_against_the_case_box(tmp_path, warm, time
     assert got == over
     assert (rc == 0) == (over == "")
     assert time.monotonic() - t0 < warm + timed + 2.0
+
+
+def test_profile_step_labels_the_real_training_step(tmp_path, capsys):
+    """tools.profile_step on the CPU: every labelled part of the stage-1 step is a row, the
+    parts lie inside the step, and the files are written."""
+    from tools import profile_step
+
+    md, js = tmp_path / "prof.md", tmp_path / "prof.json"
+    assert profile_step.main(["--stages", "cam", "--device", "cpu", "--threads", "1",
+                              "--markdown", str(md), "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    labels = {r["label"]: r for r in data["labels"]}
+    assert set(labels) == {"step", *profile_step.LABELS["cam"]}
+    assert labels["step"]["share"] == pytest.approx(1.0)
+    parts = sum(r["cpu_ms"] for k, r in labels.items() if k != "step")
+    assert 0 < parts <= labels["step"]["cpu_ms"] * 1.01
+    assert any(r["name"] == "aten::convolution" for r in data["rows"])
+    assert "| cam | loss.fsl |" in md.read_text()

@@ -188,7 +188,7 @@ def load_bench(path: str | Path) -> tuple[list[dict], list[dict], dict]:
         raise UserError(f"{main}: not a benchmark JSON ({e})") from None
     if not str(env.get("device", "")).startswith("cuda"):
         raise UserError(f"{main}: measured on {env.get('device', 'an unknown device')}, not CUDA: "
-                        f"no time budget from it")
+                        f"no GPU figures in it")
     rows = [r for r in rows if r.get("width") == 1.0]
     if not rows:
         raise UserError(f"{main}: no rows at the paper's width 1.0 (run with --preset paper)")
