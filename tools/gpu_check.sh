@@ -35,6 +35,7 @@ T0=$SECONDS
 BUDGET=${GPU_CHECK_BUDGET:-480}
 OUT=${GPU_CHECK_OUT:-exp/gpu_check}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)  # absolute: PYTHONPATH entries and logs under it
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 STATUS=()
 
@@ -96,7 +97,7 @@ if [ ${#need[@]} -gt 0 ]; then
     else log "$n: missing, and no file for it in ${WHEELS:-shared/wheels or wheels/}"; fi
   done
   if [ ${#files[@]} -gt 0 ]; then
-    SITE=$PWD/$OUT/site
+    SITE=$OUT/site
     log "installing ${files[*]} into $SITE (log $OUT/wheels.log)"
     "$PY" -m pip install --no-build-isolation --no-deps --no-index --target "$SITE" "${files[@]}" \
       > "$OUT/wheels.log" 2>&1 || log "pip install failed: see $OUT/wheels.log"
