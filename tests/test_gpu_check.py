@@ -181,3 +181,31 @@ def test_profile_step_labels_the_real_training_step(tmp_path, capsys):
     assert 0 < parts <= labels["step"]["cpu_ms"] * 1.01
     assert any(r["name"] == "aten::convolution" for r in data["rows"])
     assert "| cam | loss.fsl |" in md.read_text()
+
+
+@pytest.mark.parametrize("gpus, local_world, backend, devices", [
+    (1, 2, "gloo", [0, 0]),   # two processes share the one GPU: NCCL refuses that
+    (2, 2, "nccl", [0, 1]),
+    (4, 2, "nccl", [0, 1]),
+])
+def test_ddp_backend_gloo_when_processes_share_a_gpu(monkeypatch, gpus, local_world, backend,
+                                                     devices):
+    """lib.dist.setup_distributed's choice for the DDP smoke test of tools/gpu_check.sh
+    (CUDA mocked: which backend and which device each local rank gets)."""
+    from lib import dist
+
+    got = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: got.setdefault("set", []).append(i))
+    monkeypatch.setattr(dist.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist.dist, "init_process_group", lambda b: got.setdefault("backend", b))
+    for local_rank in range(local_world):
+        monkeypatch.setenv("WORLD_SIZE", str(local_world))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
+        monkeypatch.setenv("RANK", str(local_rank))
+        monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+        rank, world, device = dist.setup_distributed("cuda")
+        assert (rank, world, device) == (local_rank, local_world,
+                                         torch.device("cuda", devices[local_rank]))
+    assert got["backend"] == backend and got["set"] == devices
