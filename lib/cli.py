@@ -50,7 +50,12 @@ def add_backbone_width(p) -> None:
                    help="channel multiplier of ResNet-38 (1.0 = the paper; 0.125 for CPU demos)")
 
 
-def add_num_workers(p, default: int) -> None:
-    """``--num_workers`` (alias ``--workers``): data-loading worker processes."""
-    p.add_argument("--num_workers", "--workers", dest="num_workers", type=int, default=default,
-                   help="data-loading worker processes")
+def add_num_workers(p, default: int | str = "auto") -> None:
+    """``--num_workers`` (alias ``--workers``): data-loading worker processes, an integer or
+    ``auto`` (the script resolves it with ``lib.workers``)."""
+    from lib.workers import workers_arg
+
+    p.add_argument("--num_workers", "--workers", dest="num_workers", type=workers_arg,
+                   default=default,
+                   help="data-loading worker processes per process, or 'auto' (default: from "
+                        "the cores this process may use, lib/workers.py)")

@@ -29,20 +29,25 @@ from lib.errors import UserError
 def setup_distributed(device_arg: str = "auto") -> tuple[int, int, torch.device]:
     """Initialise the process group when launched by torchrun.
 
-    Returns (rank, world_size, device). Backend: nccl on CUDA, gloo otherwise.
+    Returns (rank, world_size, device). Backend: nccl on CUDA with one GPU per process, gloo
+    otherwise -- on the CPU, and when a node runs more processes than it has GPUs (they share
+    the GPUs round-robin, ``LOCAL_RANK % device_count``; NCCL refuses two ranks on one GPU).
     ``device_arg``: 'auto' (CUDA if available), 'cpu' or 'cuda'.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
     use_cuda = torch.cuda.is_available() if device_arg == "auto" else device_arg == "cuda"
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        index = local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        shared_gpu = use_cuda and local_world > torch.cuda.device_count()
+        dist.init_process_group("nccl" if use_cuda and not shared_gpu else "gloo")
     return rank, world_size, device
 
 
@@ -109,18 +114,27 @@ def batch_share(n_local: int, device: torch.device | str = "cpu") -> float:
     value sum_r share_r * mean_r; back-propagating ``world_size() * share * mean_r`` on every rank
     gives, after DDP's averaging, the gradient of the global mean.
     """
+    if not dist.is_initialized():
+        return 1.0  # n / n, without a device tensor to read back (a host sync on a GPU)
     total = all_reduce_sum(torch.tensor(float(n_local), dtype=torch.float64, device=device))
     return n_local / float(total)
 
 
-def global_parts(parts: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
+def global_parts(parts: dict[str, float | torch.Tensor],
+                 device: torch.device | str = "cpu") -> dict[str, float]:
     """Sum each logged value over the processes (one all-reduce); callers pass each process's
-    *contribution* (its local sum over the global count), so the sum is the global value."""
-    if not dist.is_initialized() or not parts:
-        return dict(parts)
+    *contribution* (its local sum over the global count), so the sum is the global value.
+
+    Values may be floats or 0-d tensors (on ``device``): they are stacked in float64 and read
+    back to the host once (one synchronisation per step instead of one per value)."""
+    if not parts:
+        return {}
     keys = list(parts)
-    vals = all_reduce_sum(torch.tensor([float(parts[k]) for k in keys], dtype=torch.float64,
-                                       device=device))
+    if all(isinstance(parts[k], (int, float)) for k in keys) and not dist.is_initialized():
+        return {k: float(parts[k]) for k in keys}
+    vals = torch.stack([torch.as_tensor(parts[k]).detach().to(device=device, dtype=torch.float64)
+                        .reshape(()) for k in keys])
+    vals = all_reduce_sum(vals)
     return {k: float(v) for k, v in zip(keys, vals.tolist())}
 
 

@@ -61,6 +61,10 @@ def add_common_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save_every", type=int, default=0,
                    help="also save the training state every N steps (0: only at the end)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--accum_steps", type=int, default=1,
+                   help="gradient accumulation: each process's share of the global batch runs as "
+                        "this many micro-batches, one optimiser step (the same gradient where BN "
+                        "is frozen and the loss is a per-image mean; docs/PERFORMANCE.md)")
     demo = not_in_paper(p)
     demo.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=True,
                       help="the network's dropout layers (the paper: on; --no-dropout: p = 0, for "
@@ -82,7 +86,7 @@ def add_weak_stage_args(p: argparse.ArgumentParser, session_default: str) -> Non
     p.add_argument("--batch_size", type=int, default=8, help="global batch over all processes")
     p.add_argument("--max_epoches", "--epochs", dest="max_epoches", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.01)
-    add_num_workers(p, default=8)
+    add_num_workers(p)
     p.add_argument("--wt_dec", "--weight_decay", dest="wt_dec", type=float, default=5e-4)
     p.add_argument("--momentum", type=float, default=None,
                    help="SGD momentum; default reproduces the original's quirk (momentum = wt_dec)")
@@ -109,13 +113,18 @@ TRAIN_ARG_RANGES = {
     "batch_size": ">= 1", "max_epoches": ">= 1", "lr": "> 0", "num_workers": ">= 0",
     "wt_dec": ">= 0", "momentum": "[0, 1)", "crop_size": ">= 1", "backbone_width": "> 0",
     "max_steps": ">= 1", "save_every": ">= 0", "threads": ">= 0", "lr_mults": ">= 0",
-    "resize_long": ">= 1",
+    "resize_long": ">= 1", "accum_steps": ">= 1",
 }
 
 
 def check_train_args(args: argparse.Namespace, extra: dict[str, str] | None = None) -> None:
     """Reject values the flags' types accept but training cannot use (``--lr -1``,
-    ``--num_workers -3``, ...) with ``UserError`` naming the flag, before any work starts."""
+    ``--num_workers -3``, ...) with ``UserError`` naming the flag, before any work starts.
+    ``--num_workers auto`` is resolved here (``lib.workers.train_loader_workers``)."""
+    from lib.workers import train_loader_workers
+
+    if getattr(args, "num_workers", None) is not None:
+        args.num_workers = train_loader_workers(args.num_workers)
     check_args(args, {**TRAIN_ARG_RANGES, **(extra or {})})
     rl = getattr(args, "resize_long", None)
     if rl and rl[0] > rl[1]:
@@ -513,6 +522,37 @@ class TrainingRun:
         optimizer.step()
         self.after_step(step, model, optimizer, {**parts, "lr": optimizer.param_groups[0]["lr"]})
 
+    def accumulated_step(self, step: int, model, optimizer, batch: dict, loss_fn) -> None:
+        """One optimiser step over ``--accum_steps`` micro-batches of this process's ``batch``.
+
+        ``loss_fn(micro_batch) -> (loss, parts)`` as the stages' loss functions (the loss to
+        back-propagate and the logged values of the micro-batch). With micro-batch sizes m_j
+        (:func:`split_batch`, sum m_j = n) the gradient is that of sum_j (m_j / n) L_j, which is
+        the full-batch loss L when L is a mean over images computed independently per image
+        (frozen BN, no dropout randomness shared across images); the logged parts are averaged
+        with the same weights. Under DDP the gradients are all-reduced on the last micro-batch
+        only (``no_sync``). One micro-batch (the default) is exactly :meth:`optimizer_step`.
+        """
+        micro = split_batch(batch, getattr(self.args, "accum_steps", 1))
+        if len(micro) == 1:
+            loss, parts = loss_fn(micro[0][1])
+            self.optimizer_step(step, model, optimizer, loss, parts)
+            return
+        optimizer.zero_grad(set_to_none=True)
+        total: dict[str, float] = {}
+        for j, (weight, mb) in enumerate(micro):
+            last = j == len(micro) - 1
+            sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") \
+                else model.no_sync()
+            with sync:
+                loss, parts = loss_fn(mb)
+                self.check_loss(step, loss, parts)
+                (loss * weight).backward()
+            for k, v in parts.items():
+                total[k] = total.get(k, 0.0) + weight * float(v)
+        optimizer.step()
+        self.after_step(step, model, optimizer, {**total, "lr": optimizer.param_groups[0]["lr"]})
+
     def save_state(self, model, optimizer, step: int) -> None:
         rng = gather_rng_states(self.device, self.generators)  # collective: every rank
         if dist.is_main():
@@ -536,6 +576,29 @@ class TrainingRun:
                   f"{self.logger.images_per_second(step):.1f} img/s)")
         dist.barrier()
         dist.cleanup()
+
+
+def split_batch(batch: dict, parts: int) -> list[tuple[float, dict]]:
+    """``batch`` (a collated dict: tensors and lists of n items) as ``parts`` micro-batches of
+    sizes as equal as possible (n = 10 into 4 -> 3, 3, 2, 2); returns [(m_j / n, micro_batch)].
+    Entries that are not per-item (other lengths, scalars) go to every micro-batch unchanged."""
+    n = len(batch["image"])
+    if parts > n:
+        raise UserError(f"--accum_steps: {parts} micro-batches need at least {parts} images per "
+                        f"process, this process has {n}")
+    if parts == 1:
+        return [(1.0, batch)]
+    sizes = [n // parts + (j < n % parts) for j in range(parts)]
+    out, start = [], 0
+    for m in sizes:
+        mb = {}
+        for k, v in batch.items():
+            per_item = (torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n) or \
+                (isinstance(v, (list, tuple)) and len(v) == n)
+            mb[k] = v[start:start + m] if per_item else v
+        out.append((m / n, mb))
+        start += m
+    return out
 
 
 def prepare_weak_stage(model, args: argparse.Namespace, desc: str, num_images: int):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lib.cli import add_backbone_width, add_bool, add_data_args, add_num_workers, not_in_paper
+from lib.workers import crf_workers, infer_loader_workers, workers_arg
 from lib.crf import crf_from_cam_alphas
 from lib.datasets import MultiScaleInferenceDataset, resolve_list
 from lib.errors import check_args, run_main
@@ -41,9 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
     add_bool(p, "flip", True, "add the horizontal flip of every scale", old="--no_flip")
     add_backbone_width(p)
-    add_num_workers(p, default=2)
-    p.add_argument("--crf_workers", type=int, default=2,
-                   help="processes running the dense CRF (0: in the main process); one core each. "
+    add_num_workers(p)
+    p.add_argument("--crf_workers", type=workers_arg, default="auto",
+                   help="processes running the dense CRF (0: in the main process); one core each; "
+                        "auto (default): the cores the loaders leave (lib/workers.py). "
                         "At VOC size the CRF, not the network, bounds a GPU run: give it the cores "
                         "the data loaders leave free (docs/PERFORMANCE.md)")
     p.add_argument("--overwrite", action="store_true")
@@ -61,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "background rules downstream (threshold, (1 - max)^alpha), e.g. "
                            "relu_logits CAMs")
     args = p.parse_args(argv)
+    args.num_workers = infer_loader_workers(args.num_workers)
+    args.crf_workers = crf_workers(args.crf_workers, args.num_workers)
     check_args(args, {"crf_alphas": "> 0", "scales": "> 0", "cam_power": "> 0",
                       "backbone_width": "> 0", "num_workers": ">= 0", "crf_workers": ">= 0",
                       "threads": ">= 0"})

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from lib import dist
 from lib.cli import add_bool, not_in_paper
@@ -94,29 +95,37 @@ def stage1_loss(model, img1, label, args, generator=None, loss_weight=None):
     ``args.loss_weight`` (the warm-up schedule).
     """
     share = dist.batch_share(img1.shape[0], img1.device)
-    img2 = F.interpolate(img1, scale_factor=args.view2_scale, mode="bilinear", align_corners=True)
-    out1 = model(img1)
-    out2 = model(img2)
+    # record_function labels: the rows of tools.profile_step's table (no cost outside a profiler)
+    with record_function("forward.view1"):
+        img2 = F.interpolate(img1, scale_factor=args.view2_scale, mode="bilinear",
+                             align_corners=True)
+        out1 = model(img1)
+    with record_function("forward.view2"):
+        out2 = model(img2)
     w = args.loss_weight if loss_weight is None else loss_weight
-    cls, parts = classification_loss(out1, out2, label, loss_weight=w,
-                                     num_samples=args.num_samples, pooling=args.pooling,
-                                     rv_pooling=args.rv_pooling, sampling=args.sampling,
-                                     generator=generator)
-    er = equivariant_regularization_loss(out1.cam, out1.cam_rv, out2.cam, out2.cam_rv)
-    ecr = equivariant_cross_regularization_loss(out1.cam, out1.cam_rv, out2.cam, out2.cam_rv)
+    with record_function("loss.classification"):
+        cls, parts = classification_loss(out1, out2, label, loss_weight=w,
+                                         num_samples=args.num_samples, pooling=args.pooling,
+                                         rv_pooling=args.rv_pooling, sampling=args.sampling,
+                                         generator=generator)
+    with record_function("loss.seam"):
+        er = equivariant_regularization_loss(out1.cam, out1.cam_rv, out2.cam, out2.cam_rv)
+        ecr = equivariant_cross_regularization_loss(out1.cam, out1.cam_rv, out2.cam, out2.cam_rv)
     total = cls + er + ecr
-    parts = {**{k: float(v.detach()) for k, v in parts.items()},
-             "er": float(er.detach()), "ecr": float(ecr.detach())}
+    parts = {**parts, "er": er, "ecr": ecr}
     if args.fsl:
-        # FSL compares colours at the CAM resolution: the crop resized to it, in [0, 1].
-        image01 = fsl_image(img1, out1.cam.shape[-2:],
-                            align_corners=getattr(args, "fsl_align_corners", True))
-        fsl = feature_similarity_loss(image01, out1.cam.float(), mu=args.fsl_mu,
-                                      sigma=args.fsl_sigma, mode=args.fsl_mode)
+        with record_function("loss.fsl"):
+            # FSL compares colours at the CAM resolution: the crop resized to it, in [0, 1].
+            image01 = fsl_image(img1, out1.cam.shape[-2:],
+                                align_corners=getattr(args, "fsl_align_corners", True))
+            fsl = feature_similarity_loss(image01, out1.cam.float(), mu=args.fsl_mu,
+                                          sigma=args.fsl_sigma, mode=args.fsl_mode)
         total = total + FSL_WEIGHT * fsl
-        parts["fsl"] = float(fsl.detach())
-    parts["total"] = float(total.detach())
-    parts = dist.global_parts({k: share * v for k, v in parts.items()}, img1.device)
+        parts["fsl"] = fsl
+    parts["total"] = total
+    # One read-back of all logged values (float64, then the share in double precision).
+    parts = dist.global_parts({k: share * v.detach().double() for k, v in parts.items()},
+                              img1.device)
     return total * (share * dist.world_size()), parts
 
 
@@ -146,12 +155,13 @@ def main(argv=None) -> None:
     model.train()
     step = start
     for step, batch in iterate_steps(loader, sampler, max_step, start):
-        img = channels_last(batch["image"].to(device, non_blocking=True), args.channels_last)
-        label = batch["label"].to(device, non_blocking=True)
-        with autocast(args.amp, device):
-            loss, parts = stage1_loss(model, img, label, args, generator=sample_gen,
-                                      loss_weight=loss_weight_at(step, args))
-        run.optimizer_step(step, model, optimizer, loss, parts)
+        def loss_fn(mb, step=step):
+            img = channels_last(mb["image"].to(device, non_blocking=True), args.channels_last)
+            label = mb["label"].to(device, non_blocking=True)
+            with autocast(args.amp, device):
+                return stage1_loss(model, img, label, args, generator=sample_gen,
+                                   loss_weight=loss_weight_at(step, args))
+        run.accumulated_step(step, model, optimizer, batch, loss_fn)
     run.finish(model, optimizer, step)
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.cli import add_backbone_width, add_bool, add_data_args, add_num_workers, not_in_paper
+from lib.workers import infer_loader_workers
 from lib.crf import dense_crf
 from lib.datasets import InferenceDataset, resolve_list
 from lib.datasets.layout import check_files_exist
@@ -52,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--method", default="auto", choices=list(METHODS),
                    help="random-walk evaluation: dense (original T^(2^logt)), sparse, auto")
     add_backbone_width(p)
-    add_num_workers(p, default=2)
+    add_num_workers(p)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0)
@@ -66,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "8/upscale (the CPU demo's 96 px images give a 12x12 grid at stride 8; "
                            "docs/DEMO.md); 1 = the paper")
     args = p.parse_args(argv)
+    args.num_workers = infer_loader_workers(args.num_workers)
     check_args(args, {"alpha": "> 0", "beta": "> 0", "logt": ">= 0", "crf_iters": ">= 1",
                       "upscale": ">= 1", "backbone_width": "> 0", "num_workers": ">= 0",
                       "threads": ">= 0"})

@@ -63,10 +63,10 @@ def pair_loss(aff: torch.Tensor, bg: torch.Tensor, fg: torch.Tensor, neg: torch.
     """
     counts = dist.all_reduce_sum(torch.stack([bg.sum(), fg.sum(), neg.sum()]).double())
     loss, parts = affinity_loss(aff.float(), bg, fg, neg, counts=counts)
-    logged = dist.global_parts({"loss": float(loss.detach()),
-                                **{f"{k}_loss": float(v.detach()) for k, v in parts.items()}},
-                               aff.device)
-    logged.update(bg_cnt=float(counts[0]), fg_cnt=float(counts[1]), neg_cnt=float(counts[2]))
+    logged = dist.global_parts({"loss": loss.detach(),
+                                **{f"{k}_loss": v.detach() for k, v in parts.items()}},
+                               aff.device)  # one read-back of the logged values
+    logged.update(zip(("bg_cnt", "fg_cnt", "neg_cnt"), counts.tolist()))
     return loss * dist.world_size(), logged
 
 
@@ -93,17 +93,20 @@ def main(argv=None) -> None:
     model, start = run.start(model, optimizer, device, world, {"num_images": len(dataset)})
     model.train()  # the network keeps its BatchNorm frozen (eval mode) itself
     step = start
-    for step, batch in iterate_steps(loader, sampler, max_step, start):
-        img = channels_last(batch["image"].to(device, non_blocking=True), args.channels_last)
-        label = batch["label"].to(device, non_blocking=True)
+    def loss_fn(mb):
+        img = channels_last(mb["image"].to(device, non_blocking=True), args.channels_last)
+        label = mb["label"].to(device, non_blocking=True)
         bg, fg, neg = extract_pair_labels(label, RADIUS)
-        with autocast(args.amp, device):
+        with autocast(args.amp, device), torch.profiler.record_function("forward"):
             aff = model(img)
         if aff.shape != bg.shape:
             raise RuntimeError(f"train_aff: network gives affinities {tuple(aff.shape)} but the "
                                f"{tuple(label.shape[-2:])} label map has {tuple(bg.shape)} pairs")
-        loss, logged = pair_loss(aff, bg, fg, neg)
-        run.optimizer_step(step, model, optimizer, loss, logged)
+        with torch.profiler.record_function("loss.affinity"):
+            return pair_loss(aff, bg, fg, neg)
+
+    for step, batch in iterate_steps(loader, sampler, max_step, start):
+        run.accumulated_step(step, model, optimizer, batch, loss_fn)
     run.finish(model, optimizer, step)
 
 

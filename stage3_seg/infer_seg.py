@@ -46,6 +46,7 @@ from lib.inference import InferenceRun
 from lib.io import check_finite_output, save_label_png
 from lib.models import build_model
 from lib.training import autocast
+from lib.workers import crf_workers, workers_arg
 
 
 def _logits_of(out) -> torch.Tensor:
@@ -120,8 +121,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="test scales (config TEST_SCALES)")
     add_bool(p, "flip", None, "the horizontal-flip pass (default: config TEST_FLIP)",
              old="--no_flip")
-    p.add_argument("--crf_workers", "--workers", dest="crf_workers", type=int, default=2,
-                   help="CPU processes for the CRF and PNG writing (0: in the main process)")
+    p.add_argument("--crf_workers", "--workers", dest="crf_workers", type=workers_arg,
+                   default="auto",
+                   help="CPU processes for the CRF and PNG writing (0: in the main process; "
+                        "auto (default): every core of this process's share, lib/workers.py)")
     p.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
     p.add_argument("--eval", action="store_true",
                    help="then evaluate the split's predictions against its ground truth")
@@ -132,6 +135,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     add_config_args(p, flags=["data_root", "dataset", "backbone_width"], config_required=False)
     args = p.parse_args(argv)
+    args.crf_workers = crf_workers(args.crf_workers)
     check_args(args, {"scales": "> 0", "crf_workers": ">= 0", "eval_workers": ">= 1",
                       "threads": ">= 0"})
     return args

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from lib import dist
 from lib.cli import add_bool, not_in_paper
@@ -84,7 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_config_args(p)
     args = p.parse_args(argv)
     check_args(args, {"image_every": ">= 0", "save_every": ">= 0", "threads": ">= 0",
-                      "lr_mults": ">= 0"})
+                      "lr_mults": ">= 0", "accum_steps": ">= 1"})
     return args
 
 
@@ -101,22 +102,26 @@ def seg_loss(model: nn.Module, image: torch.Tensor, label: torch.Tensor, fsl_wei
     global one; the loss itself on one process, parts: the logged terms of the whole batch,
     logits).
     """
-    logits, cam = model(image)
-    n_valid = dist.all_reduce_sum((label != IGNORE_INDEX).sum().double())
-    ce = F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX,
-                         reduction="sum") / n_valid.float()
+    with record_function("forward"):
+        logits, cam = model(image)
+    with record_function("loss.ce"):
+        n_valid = dist.all_reduce_sum((label != IGNORE_INDEX).sum().double())
+        ce = F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX,
+                             reduction="sum") / n_valid.float()
     total = ce
-    parts = {"ce": float(ce.detach())}
+    parts = {"ce": ce.detach()}
     if fsl_weight:
         share = dist.batch_share(image.shape[0], image.device)
-        # The FSL compares colours at the prediction's resolution: the crop is resized to the
-        # stride-8 cam, not the cam upsampled to the crop.
-        image01 = fsl_image(image, cam.shape[-2:], align_corners=fsl_align_corners)
-        fsl = share * feature_similarity_loss(image01, cam.float(), mu=mu, sigma=sigma,
-                                              mode=fsl_mode)
+        with record_function("loss.fsl"):
+            # The FSL compares colours at the prediction's resolution: the crop is resized to
+            # the stride-8 cam, not the cam upsampled to the crop.
+            image01 = fsl_image(image, cam.shape[-2:], align_corners=fsl_align_corners)
+            fsl = share * feature_similarity_loss(image01, cam.float(), mu=mu, sigma=sigma,
+                                                  mode=fsl_mode)
         total = total + fsl_weight * fsl
-        parts["fsl"] = float(fsl.detach())
-    parts["total"] = float(total.detach())
+        parts["fsl"] = fsl.detach()
+    parts["total"] = total.detach()
+    # one read-back of the logged values per step (dist.global_parts)
     return total * dist.world_size(), dist.global_parts(parts, image.device), logits
 
 
@@ -225,21 +230,25 @@ def main(argv=None) -> None:
                               "imagenet_weights_loaded": weights})
     model.train()
     step = start
-    for step, batch in iterate_steps(loader, sampler, max_step, start):
-        img = channels_last(batch["image"].to(device, non_blocking=True), args.channels_last)
-        label = batch["label"].to(device, non_blocking=True).long()
+    last = {}  # the last micro-batch's crops, labels and logits, for the TensorBoard overlay
+
+    def loss_fn(mb):
+        img = channels_last(mb["image"].to(device, non_blocking=True), args.channels_last)
+        label = mb["label"].to(device, non_blocking=True).long()
         with autocast(args.amp, device):
             loss, parts, logits = seg_loss(model, img, label, cfg["FSL_WEIGHT"], cfg["FSL_MU"],
                                            cfg["FSL_SIGMA"], args.fsl_mode, args.fsl_align_corners)
-        run.check_loss(step, loss, parts)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        run.after_step(step, model, optimizer, {**parts, "lr": optimizer.param_groups[0]["lr"]})
+        last.update(img=img, label=label, logits=logits)
+        return loss, parts
+
+    for step, batch in iterate_steps(loader, sampler, max_step, start):
+        run.accumulated_step(step, model, optimizer, batch, loss_fn)
         if run.logger.writer is not None and args.image_every and step % args.image_every == 0:
             run.logger.writer.add_image("train/pred_vs_pseudo_label",
-                                        overlay_panel(img[0], logits[0], label[0]), step,
+                                        overlay_panel(last["img"][0], last["logits"][0],
+                                                      last["label"][0]), step,
                                         dataformats="HWC")
+        last.clear()
     run.finish(model, optimizer, step)
 
 

@@ -199,9 +199,10 @@ def test_time_budget_arithmetic():
     assert rows["train_cam"]["images"] == 84608
     assert rows["train_cam"]["defaults_min"] == pytest.approx(84608 * 2.442 / 150 / 60)
     assert rows["train_cam"]["tuned_min"] == pytest.approx(84608 * 2.442 / 300 / 60)
-    # the CRF pool bounds infer_cam: 10582 images x 2 core-s over 2 (defaults) or 14 workers
+    # the CRF pool bounds infer_cam: 10582 images x 2 core-s over the auto pool of 16 cores
+    # (2 loaders + 14 CRF workers, lib/workers.py) in the defaults, 14 workers tuned
     assert rows["infer_cam_train_aug"]["bound"] == "CPU"
-    assert rows["infer_cam_train_aug"]["defaults_min"] == pytest.approx(10582 * 2.0 / 2 / 60)
+    assert rows["infer_cam_train_aug"]["defaults_min"] == pytest.approx(10582 * 2.0 / 14 / 60)
     assert rows["infer_cam_train_aug"]["4gpu_min"] == pytest.approx(10582 * 2.0 / (14 * 4) / 60)
     # a measured images/s replaces the estimate
     measured = tb.budget(args, {("train", "cam", "fp32"): 100.0})

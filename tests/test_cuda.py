@@ -1,6 +1,6 @@
 """CUDA-only checks (skipped without a GPU; tools/gpu_check.sh runs them on a GPU machine):
 bf16 autocast and channels_last against fp32 on the GPU, the GPU random walk against the CPU's,
-and DDP over NCCL with two GPUs."""
+and DDP with two processes (NCCL over two GPUs, gloo on one)."""
 import socket
 
 import pytest
@@ -44,8 +44,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
-def test_ddp_nccl_two_gpus_train_cam(tmp_path):
+@cuda
+def test_ddp_two_processes_train_cam_on_cuda(tmp_path):
+    """DDP smoke test: NCCL with 2+ GPUs, gloo when the two processes share one GPU
+    (lib.dist.setup_distributed)."""
     from lib.weights import load_checkpoint
 
     voc = make_tiny_voc(tmp_path / "voc")

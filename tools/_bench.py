@@ -28,13 +28,17 @@ def sync(device: torch.device) -> None:
 
 
 def time_fn(fn: Callable[[], object], repeats: int, device: torch.device,
-            warmup: int = 1) -> tuple[float, float]:
+            warmup: int = 1, on_warm: Callable[[], object] | None = None) -> tuple[float, float]:
     """(best, median) wall seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs
-    (allocations, cached indices, kernel selection, compilation)."""
+    (allocations, cached indices, kernel selection, compilation). ``on_warm()`` runs between
+    the two (e.g. :func:`reset_peak`, so that the peak is that of the steady state)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     for _ in range(warmup):
         fn()
+    if on_warm is not None:
+        sync(device)
+        on_warm()
     times = []
     for _ in range(repeats):
         sync(device)

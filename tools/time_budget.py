@@ -1,4 +1,14 @@
-"""Estimated wall time of every step of run_all_voc.sh and the disk of its artifact folders.
+"""Wall time of every step of run_all_voc.sh (measured or estimated) and the disk of its
+artifact folders.
+
+Measured (``--bench DIR``, the output folder of tools/gpu_check.sh): every step's time comes
+from the benchmark JSON files there and nothing else (:func:`measured_budget`): training
+images / the measured training images/s; inference the slower of the network (measured
+images/s) and the CRF pool (tools.bench_crf's measured images/s with the pool size ``auto``
+gives, lib/workers.py). A step without its measurement is NOT MEASURED and so is the total;
+files not from CUDA at width 1.0 are refused. This is the table to quote.
+
+Estimated (without ``--bench``; printed under an ESTIMATE banner) -- the model below:
 
 Per step: images x per-image cost, where the network (GPU) and the CPU pool (CRF) overlap:
 
@@ -13,11 +23,13 @@ CPU cost per image: the dense CRF (tools.bench_crf: --crf_s for alpha 2 + 4, --f
 the 21-label test CRF), the random walk (--walk_s, tools.bench_random_walk), evaluation
 (--eval_ips, tools.bench_evaluate). Data loading is assumed to keep up (tools.bench_loader).
 
-Columns: "defaults" = run_all_voc.sh as shipped (fp32, --crf_workers 2, infer_seg --crf_workers 2),
+Columns: "defaults" = run_all_voc.sh as shipped (fp32, --crf_workers auto: 14 in infer_cam and
+16 in infer_seg on 16 cores, lib/workers.py),
 "tuned" = bf16 (--amp) where the script has it and a CRF pool on every free core, both on one
 GPU with --cores CPU cores; "4 GPUs" = tuned with NPROC=4 and 4 x --cores cores.
 
-    python -m tools.time_budget [--pipeline_json exp/gpu_check/bench_pipeline.json] [--markdown]
+    python -m tools.time_budget --bench exp/gpu_check [--markdown]      # measured
+    python -m tools.time_budget [--pipeline_json F] [--markdown]           # estimate
 """
 from __future__ import annotations
 
@@ -89,6 +101,8 @@ def gpu_seconds(key: str, bf16: bool, args, measured: dict) -> tuple[float, str]
 
 
 def budget(args, measured: dict) -> list[dict]:
+    from lib.workers import split_cores
+
     cores = args.cores
     tuned_workers = max(1, cores - 2)       # the main process and a loader worker keep 2 cores
     rows = []
@@ -113,7 +127,8 @@ def budget(args, measured: dict) -> list[dict]:
     step("train_cam", n12, "cam_train")
     for split, n in (("val", N_VAL), ("train_aug", N_TRAIN_AUG)):
         # infer_cam has no --amp: fp32 in every column; the CRF pool is --crf_workers.
-        step(f"infer_cam_{split}", n, "cam_infer", cpu_s=args.crf_s, amp_flag=False)
+        step(f"infer_cam_{split}", n, "cam_infer", cpu_s=args.crf_s, amp_flag=False,
+             default_workers=split_cores(cores)["infer_cam_crf"])
     for name, n in (("eval_cam+crf_val", 2 * N_VAL), ("eval_cam+crf_train", 2 * N_TRAIN)):
         step(name, n, cpu_s=1.0 / args.eval_ips, default_workers=2)
     step("train_aff", n12, "aff_train")
@@ -123,13 +138,104 @@ def budget(args, measured: dict) -> list[dict]:
     step("eval_rw_val+train", N_VAL + N_TRAIN, cpu_s=1.0 / args.eval_ips)
     step("train_seg", STAGE3_IMAGES, "seg_train")
     for split, n in (("val", N_VAL), ("train", N_TRAIN)):
-        step(f"infer_seg_{split}", n, "seg_infer", cpu_s=args.final_crf_s)
+        step(f"infer_seg_{split}", n, "seg_infer", cpu_s=args.final_crf_s, default_workers=cores)
     step("eval_final_val+train", N_VAL + N_TRAIN, cpu_s=1.0 / args.eval_ips)
     total = {"step": "total", "images": None}
     for col in ("defaults_min", "tuned_min", "4gpu_min"):
         total[col] = sum(r[col] for r in rows)
     rows.append(total)
     return rows
+
+
+# What each step of run_all_voc.sh runs: (step, images, bench_pipeline (kind, stage), CRF case
+# of tools.bench_crf or None, whether the CRF pool shares the cores with loaders: infer_cam's).
+MEASURED_STEPS = (
+    ("train_cam", STAGE12_IMAGES, ("train", "cam"), None, False),
+    ("infer_cam_val", N_VAL, ("infer", "cam"), "stage1", True),
+    ("infer_cam_train_aug", N_TRAIN_AUG, ("infer", "cam"), "stage1", True),
+    ("train_aff", STAGE12_IMAGES, ("train", "aff"), None, False),
+    ("infer_aff_val", N_VAL, ("infer", "aff"), None, False),
+    ("infer_aff_train_aug", N_TRAIN_AUG, ("infer", "aff"), None, False),
+    ("train_seg", STAGE3_IMAGES, ("train", "seg"), None, False),
+    ("infer_seg_val", N_VAL, ("infer", "seg"), "final", False),
+    ("infer_seg_train", N_TRAIN, ("infer", "seg"), "final", False),
+)
+# Precision modes per column: the defaults train and infer in fp32; "tuned" = --amp
+# --channels_last in training and infer_seg --amp (infer_cam / infer_aff have no --amp).
+COLUMN_MODES = {"defaults_min": {"train": "fp32", "infer": "fp32", "infer_seg": "fp32"},
+                "tuned_min": {"train": "bf16_cl", "infer": "fp32", "infer_seg": "bf16"}}
+
+
+def load_bench(path: str | Path) -> tuple[list[dict], list[dict], dict]:
+    """(bench_pipeline rows, bench_crf rows, environment) of a tools/gpu_check.sh output folder
+    (bench_pipeline.json, bench_compile.json, bench_crf.json) or of one bench_pipeline JSON
+    file (bench_crf.json beside it). Refuses files that are not measurements at the paper's
+    width on CUDA: a CPU or demo-width run says nothing about a VOC run's time."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    main = path / "bench_pipeline.json" if path.is_dir() else path
+    if not main.is_file():
+        raise UserError(f"{main}: no bench_pipeline JSON (run tools/gpu_check.sh on a GPU machine)")
+    try:
+        data = json.loads(main.read_text())
+        rows, env = list(data["rows"]), dict(data.get("environment", {}))
+        for extra in ("bench_compile.json",):
+            if (folder / extra).is_file():
+                rows += json.loads((folder / extra).read_text())["rows"]
+        crf = (json.loads((folder / "bench_crf.json").read_text())["rows"]
+               if (folder / "bench_crf.json").is_file() else [])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{main}: not a benchmark JSON ({e})") from None
+    if not str(env.get("device", "")).startswith("cuda"):
+        raise UserError(f"{main}: measured on {env.get('device', 'an unknown device')}, not CUDA: "
+                        f"no GPU figures in it")
+    rows = [r for r in rows if r.get("width") == 1.0]
+    if not rows:
+        raise UserError(f"{main}: no rows at the paper's width 1.0 (run with --preset paper)")
+    return rows, crf, env
+
+
+def crf_rate(crf_rows: list[dict], case: str, workers: int) -> float | None:
+    """Measured images/s of the CRF ``case`` with the largest measured pool <= ``workers``."""
+    rows = [r for r in crf_rows if r.get("case") == case and r.get("img_per_s")
+            and 0 < r.get("workers", 0) <= workers]
+    return max(rows, key=lambda r: r["workers"])["img_per_s"] if rows else None
+
+
+def measured_budget(rows: list[dict], crf_rows: list[dict], cores: int) -> list[dict]:
+    """Minutes per step of run_all_voc.sh on one GPU from measurements only (module docstring).
+    ``cores``: the CPU cores of the run (the ``auto`` pool sizes). A value that needs a missing
+    measurement is None with ``source`` 'NOT MEASURED'; so is the total then."""
+    from lib.workers import split_cores
+
+    ips = {(r["kind"], r["stage"], r["mode"]): r["img_per_s"] for r in rows if r.get("img_per_s")}
+    out = []
+    for name, images, (kind, stage), crf_case, loaders in MEASURED_STEPS:
+        r = {"step": name, "images": images, "source": "measured"}
+        for col, modes in COLUMN_MODES.items():
+            mode = modes["infer_seg"] if (kind, stage) == ("infer", "seg") else modes[kind]
+            gpu = ips.get((kind, stage, mode))
+            wall = images / gpu if gpu else None
+            if crf_case and wall is not None:
+                workers = split_cores(cores)["infer_cam_crf"] if loaders else cores
+                rate = crf_rate(crf_rows, crf_case, workers)
+                wall = None if rate is None else max(wall, images / rate)
+                if col == "defaults_min" and rate and gpu:
+                    r["bound"] = "GPU" if gpu <= rate else f"CPU ({workers} CRF workers)"
+            elif col == "defaults_min" and gpu:
+                r["bound"] = "GPU"
+            r[col] = None if wall is None else wall / 60
+            if wall is None:
+                r["source"] = "NOT MEASURED"
+        out.append(r)
+    total = {"step": "total", "images": None, "source": "measured"}
+    for col in COLUMN_MODES:
+        vals = [r[col] for r in out]
+        total[col] = None if None in vals else sum(vals)
+        if None in vals:
+            total["source"] = "NOT MEASURED"
+    out.append(total)
+    return out
 
 
 def disk() -> list[dict]:
@@ -170,7 +276,11 @@ def markdown(rows: list[dict], columns) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pipeline_json", default=None, help="bench_pipeline JSON at width 1.0")
+    ap.add_argument("--bench", default=None,
+                    help="tools/gpu_check.sh output folder (or its bench_pipeline.json): the "
+                         "measured table, from measurements only")
+    ap.add_argument("--pipeline_json", default=None,
+                    help="estimate mode: bench_pipeline JSON at width 1.0 replacing GPU estimates")
     ap.add_argument("--tflops_fp32", type=float, default=150.0,
                    help="assumed effective TFLOP/s of fp32 (TF32 convolutions) on one GPU")
     ap.add_argument("--tflops_bf16", type=float, default=300.0,
@@ -188,13 +298,23 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if min(args.tflops_fp32, args.tflops_bf16, args.crf_s, args.final_crf_s, args.eval_ips) <= 0:
         raise UserError("throughputs and costs must be positive")
+    fmt = markdown if args.markdown else format_table
+    if args.bench:
+        rows, crf, env = load_bench(args.bench)
+        print(f"MEASURED on {env.get('gpu', env.get('device'))} + {args.cores} cores "
+              f"({args.bench}): minutes per step of run_all_voc.sh on one GPU; evaluation "
+              f"steps (< 1 min) not included")
+        print(fmt(measured_budget(rows, crf, args.cores),
+                  ("step", "images", "source", "bound", "defaults_min", "tuned_min")))
+        return 0
     if args.count_flops:
         TFLOP.update(count_flops())
         print("TFLOP per image:", {k: round(v, 3) for k, v in TFLOP.items()})
     rows = budget(args, load_measured(args.pipeline_json))
     cols = ("step", "images", "gpu_cost", "bound", "defaults_min", "tuned_min", "4gpu_min")
     dcols = ("folder", "files", "mb_per_file", "gb_float32", "gb_float16")
-    fmt = markdown if args.markdown else format_table
+    print("ESTIMATE: assumed GPU throughputs, not measurements; the measured table is "
+          "`python -m tools.time_budget --bench exp/gpu_check` after tools/gpu_check.sh")
     print(fmt(rows, cols))
     print()
     print(fmt(disk(), dcols))

@@ -136,9 +136,9 @@ def _sample_pixels(weights: torch.Tensor, num_samples: int,
     rows = weights.detach().reshape(n * k, hw)
     # Rows summing to zero (fully underflowed maps) would make multinomial raise; they are
     # replaced by a uniform distribution, which is what their limit would give.
+    # Unconditional (no ``if dead.any()``): reading the flag back would stall a GPU every step.
     dead = rows.sum(dim=1, keepdim=True) <= 0
-    if bool(dead.any()):
-        rows = torch.where(dead, torch.ones_like(rows), rows)
+    rows = torch.where(dead, torch.ones_like(rows), rows)
     idx = torch.multinomial(rows.float(), num_samples, replacement=True, generator=generator)
     return idx.view(n, k, num_samples)
 

@@ -89,7 +89,9 @@ class DeepLabV1(nn.Module):
         z = F.relu(self.bn_fov2(self.conv_fov2(z)))
         raw = self.cls_conv(self.dropout1(z))
         cam = torch.softmax(raw, dim=1)
-        logits = F.interpolate(raw, size, mode="bilinear", align_corners=True)
+        # fp32 under autocast: the bilinear upsample's backward (atomic adds into the stride-8
+        # grid) is slow and coarse in bf16; a no-op in fp32 runs.
+        logits = F.interpolate(raw.float(), size, mode="bilinear", align_corners=True)
         return SegOutput(logits, cam)
 
     def param_groups(self) -> list[list[nn.Parameter]]:
