@@ -14,8 +14,8 @@
 #      training (last)
 #   4. tools.profile_step: where a stage-1 and a stage-3 training step spend their time
 #   5. tools.bench_crf (the CRF pool with 1, 2 and the `auto` workers of the machine's real
-#      cores, lib/workers.py) and tools.bench_random_walk on the GPU
-# and prints the tables, a summary, and one line per goal of issue 23 (tools.gpu_goals):
+#      cores, lib/workers.py), tools.bench_random_walk on the GPU and tools.bench_fsl (the FSL tile size)
+# and prints the tables, a summary, and one line per performance goal (tools.gpu_goals):
 #   goal: <text>: measured X vs goal Y: PASS | FAIL | NOT MEASURED
 # Every part has its own time box; a part that runs out of time is reported and the script
 # goes on. Without CUDA (or with GPU_CHECK_CPU=1) it runs the same parts at tiny sizes on the
@@ -169,6 +169,14 @@ else
   RESERVE=50 part bench_random_walk 30 "$PY" -m tools.bench_random_walk --device cpu --repeats 1 \
     --height 24 --width 32 --dim 64 --channels 3
 fi
+# the FSL's tile size B: the CUDA default (2^25 entries, B = 2048 at batch 8) is chosen by this table
+if [ $MODE = gpu ]; then
+  RESERVE=40 part bench_fsl 40 "$PY" -m tools.bench_fsl --device cuda --sizes 56 --repeats 3 \
+    --blocks 0 512 1024 3136
+else
+  RESERVE=40 part bench_fsl 30 "$PY" -m tools.bench_fsl --device cpu --sizes 16 --batch 2 --repeats 1 \
+    --blocks 0 64
+fi
 if [ "$COMPILE_BOX" -gt 0 ]; then  # last: a slow compile costs only itself
   RESERVE=5 part bench_compile "$COMPILE_BOX" "$PY" -m tools.bench_pipeline "${BENCH[@]}" \
     --stages cam --kinds train --modes fp32 compile --compile_timeout $((COMPILE_BOX - 30)) \
@@ -185,6 +193,7 @@ for f in bench_pipeline bench_compile; do
 done
 [ -s "$OUT/bench_crf.log" ] && sed -n '/^$/,$p' "$OUT/bench_crf.log"
 [ -s "$OUT/bench_random_walk.log" ] && cat "$OUT/bench_random_walk.log"
+[ -s "$OUT/bench_fsl.log" ] && cat "$OUT/bench_fsl.log"
 [ -s "$OUT/profile_step.md" ] && { echo; sed -n '1,/^$/p' "$OUT/profile_step.md"; }
 "$PY" - "$OUT" <<'EOF'
 import json, sys

@@ -1,4 +1,4 @@
-"""The goal lines of tools/gpu_check.sh: each goal of issue 23 against what the check measured.
+"""The goal lines of tools/gpu_check.sh: each performance goal of a GPU machine against what the check measured.
 
     python -m tools.gpu_goals exp/gpu_check [--cores N]
 
