@@ -159,9 +159,10 @@ def test_non_finite_loss_stops_training_and_keeps_the_previous_checkpoint(voc, t
 
 STUB = r"""#!/usr/bin/env bash
 # Stand-in interpreter: records each call's arguments (NUL-separated) and plays the step named by
-# FAKE_TRAIN when it is stage 1's training.
+# FAKE_TRAIN when it is stage 1's training; the module FAKE_FAIL fails.
 f=$(mktemp "$FAKE_DIR/call.XXXXXX"); printf '%s\0' "$@" > "$f"
 if [ "$1" = -c ]; then echo 6; exit 0; fi
+if [ -n "${FAKE_FAIL:-}" ] && [ "$2" = "$FAKE_FAIL" ]; then echo "$2: error: failed on purpose" >&2; exit 2; fi
 if [ "$2" = stage1_cam.train_cam ]; then
   case ${FAKE_TRAIN:-ok} in
     sleep) sleep 300 & echo $! > "$FAKE_DIR/grandchild.pid"; echo $$ > "$FAKE_DIR/train.pid"; wait;;
