@@ -35,6 +35,8 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CALLER_DIR=$PWD
 PY=${PYTHON:-python}
+# A relative interpreter path (PYTHON=.venv/bin/python) is the caller's, like every path here.
+case $PY in /*|'') ;; */*) PY=$CALLER_DIR/$PY ;; esac
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 

@@ -3,8 +3,8 @@
 #   bash config_coco.sh           # -> data/coco with label PNGs, lists and cls_labels_<split>.npz
 #   NPROC=8 bash run_all_coco.sh
 set -euo pipefail
-cd "$(dirname "$0")"
-source tools/runner_args.sh
+# Relative paths in EXPDIR, DATA_ROOT, WEIGHTS, ... are the caller's; then cd to the repository.
+source "$(dirname "$0")/tools/runner_args.sh"
 COCO_YEAR=${COCO_YEAR:-2014}
 export DATASET=coco
 export DATA_ROOT=${DATA_ROOT:-data/coco}

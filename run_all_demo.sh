@@ -9,8 +9,8 @@
 #   EXPDIR, NPROC, STAGES, TARGET_MIOU (0.70: a note is printed below it), SEG_LABELS (crf; rw
 #   in the paper regime), FINAL_EVAL_TRAIN (0: the final network on val only).
 set -euo pipefail
-cd "$(dirname "$0")"
-source tools/runner_args.sh
+# Relative paths in EXPDIR, DATA_ROOT, WEIGHTS, ... are the caller's; then cd to the repository.
+source "$(dirname "$0")/tools/runner_args.sh"
 export PYTHON=${PYTHON:-python}
 export EXPDIR=${EXPDIR:-demo_exp}
 export DATASET=voc
