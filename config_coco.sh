@@ -95,8 +95,8 @@ get_archive() {
     md5=${!md5_var:-}
     zip=$ARCHIVE_DIR/$name.zip
     fetch_verified "$name" "$url" "$zip" "$md5"
-    extract "$zip" "$COCO_ROOT"
-    [ -e "$COCO_ROOT/$check" ] || die "$COCO_ROOT/$check missing after extracting $zip"
+    extract "$name" "$zip" "$COCO_ROOT"
+    [ -e "$COCO_ROOT/$check" ] || discard_archive "$name" "$zip" "$COCO_ROOT/$check missing after extracting $zip"
     mark_done "extract_$name"
     if [ "$DELETE_ARCHIVES" = 1 ]; then rm -f "$zip"; log "removed $zip"; fi
 }
