@@ -6,6 +6,7 @@ set -euo pipefail
 # Relative paths in EXPDIR, DATA_ROOT, WEIGHTS, ... are the caller's; then cd to the repository.
 source "$(dirname "$0")/tools/runner_args.sh"
 COCO_YEAR=${COCO_YEAR:-2014}
+case $COCO_YEAR in 2014|2017) ;; *) echo "COCO_YEAR must be 2014 or 2017, not '$COCO_YEAR'" >&2; exit 2;; esac
 export DATASET=coco
 export DATA_ROOT=${DATA_ROOT:-data/coco}
 export EXPDIR=${EXPDIR:-exp/coco${COCO_YEAR}}

@@ -180,6 +180,7 @@ def run_runner(tmp_path: Path, script="run_all_voc.sh", args=(), wait=True, **en
     stub = tmp_path / "python"
     stub.write_text(STUB)
     stub.chmod(0o755)
+    (tmp_path / "it's data").mkdir(exist_ok=True)
     full = {**os.environ, "PYTHON": str(stub), "FAKE_DIR": str(fake), "EXPDIR": str(tmp_path / "exp"),
             "DATA_ROOT": str(tmp_path / "it's data"), "STOP_GRACE_S": "5", **env}
     cmd = ["bash", script, *args]
@@ -228,6 +229,7 @@ def test_runner_interpreter_defaults_to_the_repository_venv(tmp_path, venv, expl
         stub.write_text(STUB.replace("\nf=$(mktemp", f"\nFAKE_DIR={shlex.quote(str(record))}\nf=$(mktemp", 1))
         stub.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    (tmp_path / "data").mkdir()
     env.update(PATH=f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}", EXPDIR=str(tmp_path / "exp"),
                DATA_ROOT=str(tmp_path / "data"), STAGES="1")
     if explicit:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from test_interrupted_runs import calls, module_call, run_runner  # noqa: E402
 
 ALL_STEPS = ["train_cam", "infer_cam_val", "infer_cam_train_aug", "eval_cam_val", "eval_crf_val",
@@ -278,3 +280,69 @@ def test_relative_paths_are_the_callers(tmp_path):
     gen = module_call(tmp_path, "tools.make_synthetic_voc")
     assert gen[gen.index("--out") + 1] == str(work / "synth")
     assert (work / "demo/logs").is_dir()
+
+
+# --------------------------------------------------------------------------- checked at once
+
+
+@pytest.mark.parametrize("script, env, message", [
+    ("run_all_voc.sh", {"TARGET_MIOU": "70"},
+     "TARGET_MIOU must be a fraction in 0..1, not '70' (it looks like a percentage: write 0.7 for 70 %)"),
+    ("run_all_demo.sh", {"TARGET_MIOU": "abc"}, "TARGET_MIOU must be a fraction in 0..1, not 'abc'"),
+    ("run_all_voc.sh", {"TARGET_MIOU": "-0.5"}, "TARGET_MIOU must be a fraction in 0..1, not '-0.5'"),
+    ("run_all_voc.sh", {"EVAL_WORKERS": "abc"}, "EVAL_WORKERS must be a positive integer, not 'abc'"),
+    ("run_all_coco.sh", {"EVAL_WORKERS": "0"}, "EVAL_WORKERS must be a positive integer, not '0'"),
+    ("run_all_voc.sh", {"STOP_GRACE_S": "soon"}, "STOP_GRACE_S must be a number (0 or more), not 'soon'"),
+    ("run_all_voc.sh", {"ON_CHANGE": "ignore"}, "ON_CHANGE must be redo, stop or keep, not 'ignore'"),
+    ("run_all_coco.sh", {"COCO_YEAR": "2015"}, "COCO_YEAR must be 2014 or 2017, not '2015'"),
+    ("run_all_demo.sh", {"DEMO_CAM_STEPS": "1e3"}, "DEMO_CAM_STEPS must be a positive integer, not '1e3'"),
+    ("run_all_demo.sh", {"DEMO_WIDTH": "wide"}, "DEMO_WIDTH must be a number (0 or more), not 'wide'"),
+    ("run_all_demo.sh", {"DEMO_SEED": "-1"}, "DEMO_SEED must be a whole number (0 or more), not '-1'"),
+])
+def test_runner_variables_are_checked_before_the_first_step(tmp_path, script, env, message):
+    """Case 9: one line, exit 2, nothing run or written (not a failure after the whole run)."""
+    r = run_runner(tmp_path, script, **env)
+    assert r.returncode == 2
+    assert r.stderr.strip() == message
+    assert not (tmp_path / "exp").exists() and calls(tmp_path) == []
+
+
+@pytest.mark.parametrize("value", ["0", "1", "0.7", ".65", "7e-1"])
+def test_fractions_in_range_pass(tmp_path, value):
+    r = run_runner(tmp_path, STAGES="1", TARGET_MIOU=value)
+    assert r.returncode == 0, r.stderr
+    collect = module_call(tmp_path, "tools.collect_results")
+    assert collect[collect.index("--target_miou") + 1] == value
+
+
+# --------------------------------------------------------------------------- one line, not silence
+
+
+def test_a_missing_data_root_is_one_line(tmp_path):
+    """Case 7: run_all_voc.sh with a DATA_ROOT that does not exist."""
+    r = run_runner(tmp_path, DATA_ROOT=str(tmp_path / "no data"))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"DATA_ROOT {tmp_path / 'no data'} does not exist: prepare the dataset first "
+        "(config_voc.sh / config_coco.sh) or set DATA_ROOT to its folder"]
+    assert [c for c in calls(tmp_path) if c[0] == "-m"] == []
+
+
+def test_the_demo_refuses_a_foreign_data_root_without_labels(tmp_path):
+    """Case 7: a DATA_ROOT lacking cls_labels.npz: one line saying so, not only a header."""
+    data = tmp_path / "voc"
+    (data / "JPEGImages").mkdir(parents=True)
+    r = run_runner(tmp_path, "run_all_demo.sh", DATA_ROOT=str(data))
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"DATA_ROOT {data} has no cls_labels.npz")
+    assert "tools.make_cls_labels" in err[0]
+    assert [c for c in calls(tmp_path) if c[0] == "-m"] == [] and list(data.iterdir()) == [data / "JPEGImages"]
+
+
+def test_a_failing_data_step_of_the_demo_prints_its_reason(tmp_path):
+    r = run_runner(tmp_path, "run_all_demo.sh", DATA_ROOT=str(tmp_path / "new"),
+                   FAKE_FAIL="tools.make_synthetic_voc")
+    assert r.returncode == 1
+    assert "[FAIL] make_synthetic_voc (exit 2)" in r.stderr
+    assert "tools.make_synthetic_voc: error: failed on purpose" in r.stderr

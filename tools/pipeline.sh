@@ -29,6 +29,7 @@
 #                            stage 2) or crf (the alpha-4 CRF maps of stage 1, as label PNGs)
 #   WEIGHTS                  ImageNet ResNet-38 weights (.params or .pth); 'none' = from scratch
 #   TARGET_MIOU              optional: print a note when the final val mIoU (a fraction) is below it
+#   EVAL_WORKERS [2]         processes of each evaluation
 #   STOP_GRACE_S [20]        seconds a stopped step gets between SIGTERM/SIGINT and SIGKILL
 #   ICAM_DEBUG               1: a failing script prints its Python traceback, not only its error line
 #   ON_CHANGE [redo]         a done step whose recorded command or inputs differ from the current
@@ -54,6 +55,9 @@ FINAL_EVAL_TRAIN=${FINAL_EVAL_TRAIN:-1}
 case $SEG_LABELS in rw|crf) ;; *) echo "SEG_LABELS must be rw or crf, not '$SEG_LABELS'" >&2; exit 2;; esac
 case $NPROC in ''|*[!0-9]*|0*) echo "NPROC must be a positive integer, not '$NPROC'" >&2; exit 2;; esac
 case $FINAL_EVAL_TRAIN in 0|1) ;; *) echo "FINAL_EVAL_TRAIN must be 0 or 1, not '$FINAL_EVAL_TRAIN'" >&2; exit 2;; esac
+check_var EVAL_WORKERS positive
+check_var STOP_GRACE_S number
+check_var TARGET_MIOU fraction
 ON_CHANGE_SET=${ON_CHANGE:+1}
 ON_CHANGE=${ON_CHANGE:-redo}
 case $ON_CHANGE in redo|stop|keep) ;; *) echo "ON_CHANGE must be redo, stop or keep, not '$ON_CHANGE'" >&2; exit 2;; esac
@@ -88,16 +92,8 @@ if command -v flock > /dev/null 2>&1; then
 else
   echo "[warn] flock not found: nothing keeps a second run off $EXPDIR" >&2
 fi
-DATA=(--dataset "$DATASET" --data_root "$DATA_ROOT")
-# layout_info DATASET ROOT SPLIT EXPR: a property of the dataset layout (values via argv, never
-# pasted into Python source, so any path works).
-layout_info() {
-  "$PYTHON" -c 'import os, sys
-from lib.datasets import get_layout
-l = get_layout(*sys.argv[1:4])
-print(eval(sys.argv[4], {"l": l, "os": os}))' "$@"
-}
-NUM_CLASSES=$(layout_info "$DATASET" "$DATA_ROOT" "$VAL_SPLIT" "l.num_classes")
+
+# ----------------------------------------------------------------- helpers shared by the steps
 
 # launch MODULE ARGS...: torchrun for NPROC > 1 (multi-node: run this script under srun and set
 # TORCHRUN_ARGS, e.g. "--nnodes 2 --rdzv_backend c10d --rdzv_endpoint host:29500").
@@ -351,6 +347,24 @@ evaluate() {  # evaluate NAME PRED_DIR TYPE SPLIT
     --num_classes "$NUM_CLASSES" --type "$3" --eval_workers "${EVAL_WORKERS:-2}" \
     --title "$1" --out_json "$EXPDIR/eval/$1.json"
 }
+
+# The dataset: a runner may define prepare_data (the demo generates its own); then DATA_ROOT
+# must exist, and its layout is read once here (a problem is one line, not a traceback).
+if declare -F prepare_data > /dev/null; then prepare_data; fi
+[ -d "$DATA_ROOT" ] || { echo "DATA_ROOT $DATA_ROOT does not exist: prepare the dataset first (config_voc.sh / config_coco.sh) or set DATA_ROOT to its folder" >&2; exit 2; }
+DATA=(--dataset "$DATASET" --data_root "$DATA_ROOT")
+# layout_info DATASET ROOT SPLIT EXPR: a property of the dataset layout (values via argv, never
+# pasted into Python source, so any path works); an error is one line naming the dataset.
+layout_info() {
+  "$PYTHON" -c 'import os, sys
+try:
+    from lib.datasets import get_layout
+    l = get_layout(*sys.argv[1:4])
+    print(eval(sys.argv[4], {"l": l, "os": os}))
+except Exception as e:
+    sys.exit(f"DATA_ROOT {sys.argv[2]} (split {sys.argv[3]}): {type(e).__name__}: {e}")' "$@"
+}
+NUM_CLASSES=$(layout_info "$DATASET" "$DATA_ROOT" "$VAL_SPLIT" "l.num_classes") || exit 2
 
 sweep_stale
 P=$EXPDIR/plabels

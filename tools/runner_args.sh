@@ -35,3 +35,28 @@ fi
 if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then
   export PYTHON="$PWD/.venv/bin/python"
 fi
+
+# check_var NAME KIND: stop (exit 2, one line) unless $NAME, when set and not empty, is KIND:
+# count (an integer >= 0), positive (an integer >= 1), number (a real >= 0) or fraction (a real
+# in 0..1; a value in (1, 100] gets the hint that it looks like a percentage). The runners check
+# every variable before the first step, so a typo fails at once, not hours later.
+check_var() {
+  local name=$1 kind=$2 v=${!1:-} what hint=
+  [ -n "$v" ] || return 0
+  local real='^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$'
+  case $kind in
+    count) [[ $v =~ ^[0-9]+$ ]] && return 0; what="a whole number (0 or more)";;
+    positive) [[ $v =~ ^[0-9]+$ ]] && [[ $v =~ [1-9] ]] && return 0; what="a positive integer";;
+    number) [[ $v =~ $real ]] && return 0; what="a number (0 or more)";;
+    fraction)
+      what="a fraction in 0..1"
+      if [[ $v =~ $real ]]; then
+        awk "BEGIN { exit !($v <= 1) }" && return 0
+        if awk "BEGIN { exit !($v <= 100) }"; then
+          hint=" (it looks like a percentage: write $(awk "BEGIN { print $v / 100 }") for $v %)"
+        fi
+      fi;;
+  esac
+  echo "$name must be $what, not '$v'$hint" >&2
+  exit 2
+}
