@@ -53,11 +53,10 @@ CROP=$SIZE
 # The synthetic dataset, made by the pipeline after its checks (under its lock, with a failing
 # command's reason printed) when DATA_ROOT has no cls_labels.npz: the demo's own folder is
 # (re)generated; any other folder only when new or empty, never written over.
-DEFAULT_DATA_ROOT=$EXPDIR/data/synthetic
 prepare_data() {
   [ ! -e "$DATA_ROOT/cls_labels.npz" ] || return 0
   local over=()
-  if [ "$DATA_ROOT" = "$DEFAULT_DATA_ROOT" ]; then
+  if [ "$DATA_ROOT" = "$EXPDIR/data/synthetic" ]; then   # both made absolute by the pipeline
     over=(--overwrite)
   elif [ -d "$DATA_ROOT" ] && [ -n "$(ls -A "$DATA_ROOT")" ]; then
     echo "DATA_ROOT $DATA_ROOT has no cls_labels.npz: the demo generates its dataset only into a new or empty folder; for a VOC-layout dataset there, make its labels first (python -m tools.make_cls_labels --data_root $DATA_ROOT)" >&2

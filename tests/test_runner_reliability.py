@@ -121,7 +121,7 @@ def test_a_changed_upstream_checkpoint_redoes_its_readers(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "[skip] train_cam" in r.stdout
     assert ran(r) == ALL_STEPS[1:7]
-    assert f"input {ckpts / 'cam.pth'} changed (sha256" in r.stdout
+    assert "input $EXPDIR/ckpts/cam.pth changed (sha256" in r.stdout
 
 
 def test_markers_made_from_a_redone_step_go_stale_outside_the_stages_run(tmp_path):
@@ -346,3 +346,15 @@ def test_a_failing_data_step_of_the_demo_prints_its_reason(tmp_path):
     assert r.returncode == 1
     assert "[FAIL] make_synthetic_voc (exit 2)" in r.stderr
     assert "tools.make_synthetic_voc: error: failed on purpose" in r.stderr
+
+
+def test_a_copied_expdir_keeps_its_records(tmp_path):
+    """Paths inside EXPDIR are recorded as $EXPDIR/...: a moved or copied EXPDIR is done."""
+    import shutil
+
+    first_run(tmp_path)
+    shutil.copytree(tmp_path / "exp", tmp_path / "copy")
+    r = run_runner(tmp_path, EXPDIR=str(tmp_path / "copy"))
+    assert r.returncode == 0, r.stderr
+    assert ran(r) == [] and tagged(r, "skip") == ALL_STEPS
+    assert "arg $EXPDIR/ckpts/cam" in (tmp_path / "copy/.done/train_cam").read_text()

@@ -77,6 +77,10 @@ read -r -a AFF_INFER_EXTRA <<< "${AFF_INFER_ARGS:-}"
 read -r -a SEG_TRAIN_EXTRA <<< "${SEG_TRAIN_ARGS:-}"
 read -r -a SEG_INFER_EXTRA <<< "${SEG_INFER_ARGS:-}"
 
+# Absolute paths (a relative one was the caller's, made absolute by tools/runner_args.sh; the
+# defaults are the repository's, the working directory here).
+EXPDIR=$(realpath -ms "$EXPDIR")
+DATA_ROOT=$(realpath -ms "$DATA_ROOT")
 mkdir -p "$EXPDIR"/{logs,ckpts,eval,.done,.started,.timing}
 # One run per EXPDIR: the runner holds an flock on $EXPDIR/.lock for the whole run (its steps
 # inherit it); a second runner stops here naming the first. The kernel drops the lock when the
@@ -132,11 +136,11 @@ trap 'stop_step INT 130' INT
 
 # ----------------------------------------------------------------- provenance of every step
 # A marker $EXPDIR/.done/<step> is MARK_HEAD, comment lines (when, how long, the exact command
-# run) and the record compared on every rerun: an `arg` line per word of the command (%q-quoted;
-# --resume, --save_every and --overwrite left out: they do not change a result), an `input` line
-# per file the command names (its sha256: the checkpoint's sidecar when it is not older than the
-# file, else computed) and an `after` line per upstream step (the sha256 of that step's record,
-# "none" when it has no marker). A marker reading `keep` is kept whatever changed; any other
+# run) and the record compared on every rerun: an `arg` line per word of the command (--resume,
+# --save_every and --overwrite left out: they do not change a result), an `input DIGEST PATH`
+# line per file the command names (its sha256: the checkpoint's sidecar when it is not older
+# than the file, else computed) and an `after STEP DIGEST` line per upstream step (the sha256 of
+# that step's record, "none" when it has no marker). Paths inside EXPDIR read $EXPDIR/... A marker reading `keep` is kept whatever changed; any other
 # marker without MARK_HEAD was written by an earlier version.
 MARK_HEAD="# icam step marker v1"
 
@@ -157,6 +161,12 @@ marker_digest() {
   fi
 }
 
+# in_expdir PATH: a path inside EXPDIR written as $EXPDIR/..., so that a moved or copied EXPDIR
+# keeps its records.
+in_expdir() {
+  case $1 in "$EXPDIR"|"$EXPDIR"/*) printf '%s\n' "\$EXPDIR${1#"$EXPDIR"}";; *) printf '%s\n' "$1";; esac
+}
+
 # step_record DEPS COMMAND...: the record of a step (see above).
 step_record() {
   local deps=$1 a skip=0 d
@@ -165,10 +175,10 @@ step_record() {
     if [ $skip = 1 ]; then skip=0; continue; fi
     case $a in --resume|--save_every) skip=1; continue;; --overwrite) continue;; esac
     [ "$a" = "$PYTHON" ] && a=python
-    printf 'arg %q\n' "$a"
+    printf 'arg %s\n' "$(in_expdir "$a")"
   done
   for a in "$@"; do
-    if [ "$a" != "$PYTHON" ] && [ -f "$a" ]; then printf 'input %q sha256 %s\n' "$a" "$(file_digest "$a")"; fi
+    if [ "$a" != "$PYTHON" ] && [ -f "$a" ]; then printf 'input %s %s\n' "$(file_digest "$a")" "$(in_expdir "$a")"; fi
   done
   for d in $deps; do printf 'after %s %s\n' "$d" "$(marker_digest "$d")"; done
 }
@@ -185,9 +195,10 @@ record_diff() {
         if (t ~ /^--/) { cnt[t]++; cur = t "#" cnt[t]; K[cur] = 1; V[cur] = ""; O[++nk] = cur; continue }
         if (!(cur in K)) { K[cur] = 1; V[cur] = ""; O[++nk] = cur }
         V[cur] = V[cur] (V[cur] == "" ? "" : " ") t
-      } else if (L[i] ~ /^(input|after) /) {
-        split(L[i], f, " "); t = f[1] " " f[2]
-        K[t] = 1; V[t] = (f[1] == "input" ? f[4] : f[3]); O[++nk] = t
+      } else if (substr(L[i], 1, 6) == "input ") {         # input DIGEST PATH
+        t = "input " substr(L[i], 72); K[t] = 1; V[t] = substr(L[i], 7, 64); O[++nk] = t
+      } else if (substr(L[i], 1, 6) == "after ") {         # after STEP DIGEST
+        split(L[i], f, " "); t = "after " f[2]; K[t] = 1; V[t] = f[3]; O[++nk] = t
       }
     }
     return nk
