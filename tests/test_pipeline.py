@@ -227,7 +227,7 @@ def test_a_changed_training_flag_redoes_the_stage_and_its_outputs(demo, tmp_path
     assert "[redo] train_cam (--max_steps 2 -> 3)" in out.stdout
     ran = [l.split()[2] for l in out.stdout.splitlines() if l.startswith("[run ]")]
     assert ran[:3] == ["train_cam", "infer_cam_val", "infer_cam_train"]
-    assert "already done" not in (copy / "logs/infer_cam_train.log").read_text()
+    assert "infer_cam: 0 of 8 images already done" in (copy / "logs/infer_cam_train.log").read_text()
     assert all(p.stat().st_mtime_ns != t for p, t in cams.items())
     assert json.loads((copy / "ckpts/cam.config.json").read_text())["max_steps"] == 3
     res = json.loads((copy / "results.json").read_text())
