@@ -167,12 +167,19 @@ def test_markers_of_an_earlier_version_need_an_explicit_choice(tmp_path):
 
 def test_an_interrupted_inference_resumes_without_overwrite(tmp_path):
     """Only a step's own interrupted run (same record) keeps its per-image outputs."""
+    cams = tmp_path / "exp/plabels/val/cam"
+    cams.mkdir(parents=True)
+    (cams / "old.npz").write_bytes(b"a CAM of an earlier configuration")
     r = run_runner(tmp_path, STAGES="1", FAKE_FAIL="stage1_cam.infer_cam")
     assert r.returncode == 1 and "[FAIL] infer_cam_val" in r.stderr
     assert "--overwrite" in module_call(tmp_path, "stage1_cam.infer_cam")   # a first run
+    assert not cams.exists()                       # ... starts from no outputs at all
+    cams.mkdir(parents=True)
+    (cams / "mine.npz").write_bytes(b"written by the interrupted run")
     fresh(tmp_path)
     r = run_runner(tmp_path, STAGES="1")
     assert r.returncode == 0, r.stderr
+    assert [p.name for p in cams.iterdir()] == ["mine.npz"]
     infer = {c[c.index("--infer_list") + 1]: c for c in module_calls(tmp_path)
              if c[1] == "stage1_cam.infer_cam"}    # (the stub's records are not in call order)
     assert "--overwrite" not in infer["val"]        # infer_cam_val resumes its own run

@@ -262,7 +262,8 @@ write_marker() {
 # step NAME STAGE DEPS COMMAND...: run COMMAND unless $EXPDIR/.done/NAME records the same command
 # and inputs (DEPS: the upstream steps whose outputs it reads). A training resumes its
 # unfinished run (<session>.state.pth newer than <session>.pth) only when that run had the same
-# record; an inference step gets --overwrite unless it resumes its own interrupted run.
+# record; an inference step keeps the outputs of its own interrupted run only, and otherwise
+# starts from empty output folders (and --overwrite).
 step() {
   local name=$1 stage=$2 deps=$3; shift 3
   local marker=$EXPDIR/.done/$name started=$EXPDIR/.started/$name record why
@@ -300,10 +301,9 @@ step() {
   fi
   # Resuming: the interrupted run of this step had the same record (or left none: an earlier
   # version's run, whose training state the training itself checks).
-  local resume=0 extra=() session state
+  local resume=0 extra=() session state flag out
   if [ ! -f "$started" ]; then resume=legacy
   elif [ "$(cat "$started")" = "$record" ]; then resume=1; fi
-  printf '%s\n' "$record" > "$started"
   case $name in
     train_*)
       session=$(arg_after --session_name "$@")
@@ -312,8 +312,17 @@ step() {
         extra=(--resume "$state")
       fi;;
     infer_*|crf_labels)
-      [ "$resume" = 1 ] || extra=(--overwrite);;
+      # Not resuming: the old per-image outputs go (all of them, also those of ids no longer
+      # listed) before the record is written, so a resumed run only ever keeps its own.
+      if [ "$resume" != 1 ]; then
+        extra=(--overwrite)
+        for flag in --out_cam --out_crf --out_rw --out_pred --out_dir; do
+          out=$(arg_after "$flag" "$@")
+          case $out in "$EXPDIR"/?*) rm -rf -- "$out";; esac
+        done
+      fi;;
   esac
+  printf '%s\n' "$record" > "$started"
   echo "[run ] $name  (log: $EXPDIR/logs/$name.log)"
   local t0=$SECONDS
   run_logged "$name" "$@" "${extra[@]}"
