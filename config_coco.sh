@@ -35,6 +35,8 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CALLER_DIR=$PWD
 PY=${PYTHON:-python}
+# A relative interpreter path (PYTHON=.venv/bin/python) is the caller's, like every path here.
+case $PY in /*|'') ;; */*) PY=$CALLER_DIR/$PY ;; esac
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -93,8 +95,8 @@ get_archive() {
     md5=${!md5_var:-}
     zip=$ARCHIVE_DIR/$name.zip
     fetch_verified "$name" "$url" "$zip" "$md5"
-    extract "$zip" "$COCO_ROOT"
-    [ -e "$COCO_ROOT/$check" ] || die "$COCO_ROOT/$check missing after extracting $zip"
+    extract "$name" "$zip" "$COCO_ROOT"
+    [ -e "$COCO_ROOT/$check" ] || discard_archive "$name" "$zip" "$COCO_ROOT/$check missing after extracting $zip"
     mark_done "extract_$name"
     if [ "$DELETE_ARCHIVES" = 1 ]; then rm -f "$zip"; log "removed $zip"; fi
 }

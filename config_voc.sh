@@ -16,7 +16,8 @@
 #   DATA_ROOT [--data_root DIR]     where everything goes (default <repo>/data); a value ending in
 #                                   VOCdevkit/VOC2012 (the runners' DATA_ROOT) means its grandparent
 #   VOC_URL [--voc_url U]           VOC trainval tar (URL, file:// URL or local path)
-#   VOC_MD5                         expected md5 of it; "skip" disables the check
+#   VOC_MD5                         expected md5 of it; "skip" disables the check (the archive is
+#                                   then not marked verified: a later run checks it again)
 #   SBD_AUG_URL [--sbd_aug_url U]   SegmentationClassAug archive; SBD_AUG_MD5 as above
 #                                   (default: no md5 known -> archive integrity check)
 #   VOC_TEST_URL [--voc_test_url U] VOC2012test.tar; VOC_TEST_MD5 as above
@@ -32,6 +33,8 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CALLER_DIR=$PWD
 PY=${PYTHON:-python}
+# A relative interpreter path (PYTHON=.venv/bin/python) is the caller's, like every path here.
+case $PY in /*|'') ;; */*) PY=$CALLER_DIR/$PY ;; esac
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -85,7 +88,7 @@ require_layout() {
     local p
     for p in JPEGImages Annotations SegmentationClass ImageSets/Segmentation/train.txt \
              ImageSets/Segmentation/val.txt; do
-        [ -e "$VOC/$p" ] || die "$VOC/$p missing after extracting $VOC_TAR: not a VOC 2012 trainval archive?"
+        [ -e "$VOC/$p" ] || discard_archive voc_trainval "$VOC_TAR" "$VOC/$p missing after extracting $VOC_TAR: not a VOC 2012 trainval archive"
     done
 }
 
@@ -94,7 +97,7 @@ if is_done voc_trainval && [ -d "$VOC/JPEGImages" ]; then
     log "skip: VOC 2012 trainval already extracted"
 else
     fetch_verified voc_trainval "$VOC_URL" "$VOC_TAR" "$VOC_MD5"
-    extract "$VOC_TAR" "$DATA_ROOT"
+    extract voc_trainval "$VOC_TAR" "$DATA_ROOT"
     require_layout
     mark_done voc_trainval
     maybe_delete "$VOC_TAR"
@@ -107,14 +110,14 @@ else
     fetch_verified sbd_aug "$SBD_AUG_URL" "$SBD_ARCHIVE" "$SBD_AUG_MD5"
     tmp=$DATA_ROOT/.sbd_extract
     rm -rf "$tmp"
-    extract "$SBD_ARCHIVE" "$tmp"
+    extract sbd_aug "$SBD_ARCHIVE" "$tmp"
     # The zip holds SegmentationClassAug/*.png (plus a __MACOSX/ copy of resource forks);
     # accept that folder at any depth, or PNGs at the top of the archive.
     src=$(find "$tmp" -type d -name SegmentationClassAug -not -path '*/__MACOSX*' -print -quit)
     [ -n "$src" ] || src=$tmp
     find "$src" -maxdepth 1 -name '._*' -delete
     n=$(find "$src" -maxdepth 1 -name '*.png' | wc -l)
-    [ "$n" -gt 0 ] || die "$SBD_ARCHIVE contains no SegmentationClassAug/*.png"
+    [ "$n" -gt 0 ] || discard_archive sbd_aug "$SBD_ARCHIVE" "$SBD_ARCHIVE contains no SegmentationClassAug/*.png"
     rm -rf "$VOC/SegmentationClassAug"
     mv "$src" "$VOC/SegmentationClassAug" || die "cannot move $src to $VOC/SegmentationClassAug"
     rm -rf "$tmp"
@@ -152,8 +155,8 @@ else
     if (
         fetch_verified voc_test "$VOC_TEST_URL" "$TEST_TAR" "$VOC_TEST_MD5"
         # --skip-old-files: never replace a trainval file (lists, annotations) by the test copy.
-        extract "$TEST_TAR" "$DATA_ROOT" --skip-old-files
-        [ -f "$VOC/ImageSets/Segmentation/test.txt" ] || die "$TEST_TAR has no ImageSets/Segmentation/test.txt"
+        extract voc_test "$TEST_TAR" "$DATA_ROOT" --skip-old-files
+        [ -f "$VOC/ImageSets/Segmentation/test.txt" ] || discard_archive voc_test "$TEST_TAR" "$TEST_TAR has no ImageSets/Segmentation/test.txt"
     ); then
         mark_done voc_test
         maybe_delete "$TEST_TAR"

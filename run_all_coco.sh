@@ -3,9 +3,10 @@
 #   bash config_coco.sh           # -> data/coco with label PNGs, lists and cls_labels_<split>.npz
 #   NPROC=8 bash run_all_coco.sh
 set -euo pipefail
-cd "$(dirname "$0")"
-source tools/runner_args.sh
+# Relative paths in EXPDIR, DATA_ROOT, WEIGHTS, ... are the caller's; then cd to the repository.
+source "$(dirname "$0")/tools/runner_args.sh"
 COCO_YEAR=${COCO_YEAR:-2014}
+case $COCO_YEAR in 2014|2017) ;; *) echo "COCO_YEAR must be 2014 or 2017, not '$COCO_YEAR'" >&2; exit 2;; esac
 export DATASET=coco
 export DATA_ROOT=${DATA_ROOT:-data/coco}
 export EXPDIR=${EXPDIR:-exp/coco${COCO_YEAR}}

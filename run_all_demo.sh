@@ -9,8 +9,12 @@
 #   EXPDIR, NPROC, STAGES, TARGET_MIOU (0.70: a note is printed below it), SEG_LABELS (crf; rw
 #   in the paper regime), FINAL_EVAL_TRAIN (0: the final network on val only).
 set -euo pipefail
-cd "$(dirname "$0")"
-source tools/runner_args.sh
+# Relative paths in EXPDIR, DATA_ROOT, WEIGHTS, ... are the caller's; then cd to the repository.
+source "$(dirname "$0")/tools/runner_args.sh"
+for v in DEMO_NUM_TRAIN DEMO_NUM_VAL DEMO_SIZE DEMO_CAM_STEPS DEMO_AFF_STEPS DEMO_SEG_STEPS \
+         DEMO_BATCH OMP_NUM_THREADS; do check_var "$v" positive; done
+for v in DEMO_WIDTH DEMO_LR DEMO_SEG_LR; do check_var "$v" number; done
+check_var DEMO_SEED count
 export PYTHON=${PYTHON:-python}
 export EXPDIR=${EXPDIR:-demo_exp}
 export DATASET=voc
@@ -46,13 +50,23 @@ BATCH=${DEMO_BATCH:-8}
 SEED=${DEMO_SEED:-0}
 CROP=$SIZE
 
-mkdir -p "$EXPDIR/logs"
-if [ ! -e "$DATA_ROOT/cls_labels.npz" ]; then
+# The synthetic dataset, made by the pipeline after its checks (under its lock, with a failing
+# command's reason printed) when DATA_ROOT has no cls_labels.npz: the demo's own folder is
+# (re)generated; any other folder only when new or empty, never written over.
+prepare_data() {
+  [ ! -e "$DATA_ROOT/cls_labels.npz" ] || return 0
+  local over=()
+  if [ "$DATA_ROOT" = "$EXPDIR/data/synthetic" ]; then   # both made absolute by the pipeline
+    over=(--overwrite)
+  elif [ -d "$DATA_ROOT" ] && [ -n "$(ls -A "$DATA_ROOT")" ]; then
+    echo "DATA_ROOT $DATA_ROOT has no cls_labels.npz: the demo generates its dataset only into a new or empty folder; for a VOC-layout dataset there, make its labels first (python -m tools.make_cls_labels --data_root $DATA_ROOT)" >&2
+    exit 2
+  fi
   echo "[data] synthetic VOC-format dataset: $N_TRAIN train / $N_VAL val images at ${SIZE}px -> $DATA_ROOT"
-  "$PYTHON" -m tools.make_synthetic_voc --out "$DATA_ROOT" --num_train "$N_TRAIN" --num_val "$N_VAL" \
-    --size "$SIZE" --seed 0 > "$EXPDIR/logs/make_synthetic_voc.log" 2>&1
-  "$PYTHON" -m tools.make_cls_labels --data_root "$DATA_ROOT" > "$EXPDIR/logs/make_cls_labels.log" 2>&1
-fi
+  run_logged make_synthetic_voc "$PYTHON" -m tools.make_synthetic_voc --out "$DATA_ROOT" \
+    --num_train "$N_TRAIN" --num_val "$N_VAL" --size "$SIZE" --seed 0 "${over[@]}"
+  run_logged make_cls_labels "$PYTHON" -m tools.make_cls_labels --data_root "$DATA_ROOT"
+}
 
 COMMON="--seed $SEED --backbone_width $WIDTH --batch_size $BATCH --num_workers 1 --device cpu --threads ${OMP_NUM_THREADS}"
 export SEG_CONFIG=voc/config_voc2012.py

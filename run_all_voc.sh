@@ -3,8 +3,8 @@
 #   bash config_voc.sh            # -> data/VOCdevkit/VOC2012 with train_aug.txt and cls_labels.npz
 #   NPROC=4 bash run_all_voc.sh   # 4 GPUs with torchrun; STAGES="2 3" resumes after stage 1
 set -euo pipefail
-cd "$(dirname "$0")"
-source tools/runner_args.sh
+# Relative paths in EXPDIR, DATA_ROOT, WEIGHTS, ... are the caller's; then cd to the repository.
+source "$(dirname "$0")/tools/runner_args.sh"
 export DATASET=voc
 export DATA_ROOT=${DATA_ROOT:-data/VOCdevkit/VOC2012}
 export EXPDIR=${EXPDIR:-exp/voc}

@@ -126,7 +126,7 @@ def voc_archives(tmp_path_factory):
 def run_script(script, env_extra, cwd=None, args=()):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("VOC", "SBD", "COCO", "DATA_ROOT", "ARCHIVE_DIR", "FORCE"))}
-    env.update(PYTHON=sys.executable, OMP_NUM_THREADS="1", **env_extra)
+    env.update({"PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **env_extra})
     return subprocess.run(["bash", str(ROOT / script), *args], env=env, cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=120)
 
@@ -211,6 +211,54 @@ def test_config_voc_rejects_a_non_archive(tmp_path):
     assert r.returncode != 0
     assert "not a readable archive" in r.stderr
     assert not (tmp_path / "data" / "VOCdevkit").exists()
+
+
+def test_config_voc_md5_skip_never_marks_a_bad_archive_verified(voc_archives, tmp_path):
+    """Issue 26, case 6: VOC_MD5=skip on a bad archive leaves no 'verified' marker; the failed
+    extraction moves the archive aside and says how to retry; a rerun with the right URL and
+    md5 downloads it again and succeeds."""
+    fake = tmp_path / "page.tar"
+    fake.write_text("<html>login required</html>")
+    env = {"DATA_ROOT": str(tmp_path / "data"), "VOC_TEST": "0",
+           "SBD_AUG_URL": str(voc_archives / "SegmentationClassAug.zip")}
+    bad = run_script("config_voc.sh", {**env, "VOC_URL": str(fake), "VOC_MD5": "skip"})
+    assert bad.returncode != 0
+    err = bad.stderr.strip().splitlines()[-1]
+    assert "tar extraction of" in err and "moved to" in err and "rerun to download it again" in err
+    markers = tmp_path / "data/.prep_markers"
+    assert not markers.exists() or not list(markers.glob("voc_trainval*"))
+    archive = tmp_path / "data/archives/VOCtrainval_11-May-2012.tar"
+    assert not archive.exists() and archive.with_name(archive.name + ".bad").is_file()
+
+    voc_tar = voc_archives / "VOCtrainval_11-May-2012.tar"
+    md5 = hashlib.md5(voc_tar.read_bytes()).hexdigest()
+    good = run_script("config_voc.sh", {**env, "VOC_URL": str(voc_tar), "VOC_MD5": md5})
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert f"copying {voc_tar}" in good.stdout
+    assert (markers / "voc_trainval.verified.done").is_file()
+    assert (tmp_path / "data/VOCdevkit/VOC2012/cls_labels.npz").is_file()
+
+    # A good archive under md5=skip extracts, but is still not marked verified.
+    other = tmp_path / "other"
+    ok = run_script("config_voc.sh", {**env, "DATA_ROOT": str(other), "VOC_URL": str(voc_tar),
+                                      "VOC_MD5": "skip"})
+    assert ok.returncode == 0, ok.stderr
+    assert not (other / ".prep_markers/voc_trainval.verified.done").exists()
+    assert (other / ".prep_markers/voc_trainval.done").is_file()
+
+
+def test_config_voc_relative_python_is_the_callers(voc_archives, tmp_path):
+    """Case 4 for the data script: PYTHON=bin/python from another directory."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (tmp_path / "bin" / "python").chmod(0o755)
+    r = run_script("config_voc.sh", {"PYTHON": "bin/python", "DATA_ROOT": "data", "VOC_TEST": "0",
+                                     "VOC_URL": str(voc_archives / "VOCtrainval_11-May-2012.tar"),
+                                     "VOC_MD5": "skip",
+                                     "SBD_AUG_URL": str(voc_archives / "SegmentationClassAug.zip")},
+                   cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "data/VOCdevkit/VOC2012/cls_labels.npz").is_file()
 
 
 def test_config_voc_missing_local_source_is_a_clear_error(tmp_path):

@@ -159,9 +159,10 @@ def test_non_finite_loss_stops_training_and_keeps_the_previous_checkpoint(voc, t
 
 STUB = r"""#!/usr/bin/env bash
 # Stand-in interpreter: records each call's arguments (NUL-separated) and plays the step named by
-# FAKE_TRAIN when it is stage 1's training.
+# FAKE_TRAIN when it is stage 1's training; the module FAKE_FAIL fails.
 f=$(mktemp "$FAKE_DIR/call.XXXXXX"); printf '%s\0' "$@" > "$f"
 if [ "$1" = -c ]; then echo 6; exit 0; fi
+if [ -n "${FAKE_FAIL:-}" ] && [ "$2" = "$FAKE_FAIL" ]; then echo "$2: error: failed on purpose" >&2; exit 2; fi
 if [ "$2" = stage1_cam.train_cam ]; then
   case ${FAKE_TRAIN:-ok} in
     sleep) sleep 300 & echo $! > "$FAKE_DIR/grandchild.pid"; echo $$ > "$FAKE_DIR/train.pid"; wait;;
@@ -179,6 +180,7 @@ def run_runner(tmp_path: Path, script="run_all_voc.sh", args=(), wait=True, **en
     stub = tmp_path / "python"
     stub.write_text(STUB)
     stub.chmod(0o755)
+    (tmp_path / "it's data").mkdir(exist_ok=True)
     full = {**os.environ, "PYTHON": str(stub), "FAKE_DIR": str(fake), "EXPDIR": str(tmp_path / "exp"),
             "DATA_ROOT": str(tmp_path / "it's data"), "STOP_GRACE_S": "5", **env}
     cmd = ["bash", script, *args]
@@ -227,6 +229,7 @@ def test_runner_interpreter_defaults_to_the_repository_venv(tmp_path, venv, expl
         stub.write_text(STUB.replace("\nf=$(mktemp", f"\nFAKE_DIR={shlex.quote(str(record))}\nf=$(mktemp", 1))
         stub.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    (tmp_path / "data").mkdir()
     env.update(PATH=f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}", EXPDIR=str(tmp_path / "exp"),
                DATA_ROOT=str(tmp_path / "data"), STAGES="1")
     if explicit:

@@ -212,3 +212,24 @@ def test_demo_seed_reaches_every_training(demo, tmp_path):
     b = torch.load(tmp_path / "seed7/ckpts/cam.pth", weights_only=True)
     assert a.keys() == b.keys()
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+def test_a_changed_training_flag_redoes_the_stage_and_its_outputs(demo, tmp_path):
+    """Issue 26, case 1: a rerun with another DEMO_CAM_STEPS redoes train_cam and rewrites
+    every CAM (not '8 of 8 images already done' next to a new cam.pth); stage 2-3 results made
+    from the old CAMs leave the results table."""
+    expdir, _ = demo
+    copy = tmp_path / "changed"
+    shutil.copytree(expdir, copy)
+    cams = {p: p.stat().st_mtime_ns for p in (copy / "plabels/train/cam").glob("*.npz")}
+    out = run_demo(copy, STAGES="1", DEMO_CAM_STEPS="3")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "[redo] train_cam (--max_steps 2 -> 3)" in out.stdout
+    ran = [l.split()[2] for l in out.stdout.splitlines() if l.startswith("[run ]")]
+    assert ran[:3] == ["train_cam", "infer_cam_val", "infer_cam_train"]
+    assert "infer_cam: 0 of 8 images already done" in (copy / "logs/infer_cam_train.log").read_text()
+    assert all(p.stat().st_mtime_ns != t for p, t in cams.items())
+    assert json.loads((copy / "ckpts/cam.config.json").read_text())["max_steps"] == 3
+    res = json.loads((copy / "results.json").read_text())
+    assert res["rw"]["miou"] is None and res["final"]["miou"] is None
+    assert not (copy / ".done/train_seg").exists()

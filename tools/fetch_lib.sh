@@ -75,6 +75,8 @@ sys.exit(f"corrupt member {bad}" if bad else 0)' "$1"
 #   MD5 = 32 hex digits -> md5sum must match; MD5 = "skip" -> no check at all;
 #   MD5 empty -> integrity check of the archive (zip CRCs / full tar listing).
 # A file failing verification is renamed to DEST.bad so that the next run downloads afresh.
+# Only a verified file gets the marker NAME.verified: with MD5=skip nothing was verified, so a
+# later run checks the kept file again (with the MD5 it is given then).
 fetch_verified() {
     local name=$1 url=$2 dest=$3 md5=${4:-}
     if is_done "$name.verified" && [ -e "$dest" ]; then
@@ -83,7 +85,8 @@ fetch_verified() {
     fi
     [ -e "$dest" ] || fetch "$url" "$dest"
     if [ "$md5" = skip ]; then
-        log "checksum of $dest skipped (md5=skip)"
+        log "checksum of $dest skipped (md5=skip; not marked verified)"
+        return 0
     elif [ -n "$md5" ]; then
         log "checking md5 of $dest"
         local got
@@ -102,19 +105,28 @@ fetch_verified() {
     mark_done "$name.verified"
 }
 
-# extract ARCHIVE DEST [extra tar options]: zip or (possibly compressed) tar, detected by content.
+# discard_archive NAME ARCHIVE PROBLEM: ARCHIVE is unusable: remove its NAME.verified marker,
+# move it to ARCHIVE.bad (kept for a look) and stop saying how to retry.
+discard_archive() {
+    rm -f "$MARKERS/$1.verified.done"
+    mv -f "$2" "$2.bad" 2>/dev/null || rm -f "$2"
+    die "$3; moved to $2.bad and its verified marker removed: rerun to download it again (check its URL and md5)"
+}
+
+# extract NAME ARCHIVE DEST [extra tar options]: zip or (possibly compressed) tar, detected by
+# content; an archive that fails to extract is discarded (discard_archive).
 extract() {
-    local archive=$1 dest=$2
-    shift 2
+    local name=$1 archive=$2 dest=$3
+    shift 3
     mkdir -p "$dest" || die "cannot create $dest"
     log "extracting $archive -> $dest"
     if is_zip "$archive"; then
         if command -v unzip >/dev/null 2>&1; then
-            unzip -q -o "$archive" -d "$dest" || die "unzip of $archive failed"
+            unzip -q -o "$archive" -d "$dest" || discard_archive "$name" "$archive" "unzip of $archive failed"
         else
-            "$PY" -m zipfile -e "$archive" "$dest" || die "extraction of $archive failed"
+            "$PY" -m zipfile -e "$archive" "$dest" || discard_archive "$name" "$archive" "extraction of $archive failed"
         fi
     else
-        tar -xf "$archive" -C "$dest" "$@" || die "tar extraction of $archive failed"
+        tar -xf "$archive" -C "$dest" "$@" || discard_archive "$name" "$archive" "tar extraction of $archive failed"
     fi
 }
