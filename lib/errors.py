@@ -70,10 +70,11 @@ def in_range(value, spec: str) -> bool:
 def check_args(args, rules: dict[str, str]) -> None:
     """Range checks of numeric command-line flags, e.g. ``{"lr": "> 0", "num_workers": ">= 0"}``
     (specs as in :func:`in_range`). A flag whose value is None (unset) or absent is skipped;
-    a list is checked element-wise. Raises ``UserError("--lr: must be > 0, got -1.0")``."""
+    a list is checked element-wise; a word such as ``auto`` is not a number to check. Raises
+    ``UserError("--lr: must be > 0, got -1.0")``."""
     for name, spec in rules.items():
         value = getattr(args, name, None)
-        if value is None:
+        if value is None or isinstance(value, str):
             continue
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if not in_range(v, spec):

@@ -29,16 +29,14 @@ INFER_LOADER_MAX = 2
 
 
 def workers_arg(text: str) -> int | str:
-    """argparse ``type`` of a worker-count flag: ``auto`` or an integer >= 0."""
+    """argparse ``type`` of a worker-count flag: ``auto`` or an integer (the scripts' range
+    checks, ``lib.errors.check_args``, refuse a negative one with the usual one-line error)."""
     if text.strip().lower() == AUTO:
         return AUTO
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 0, got {value}")
-    return value
 
 
 def available_cores() -> int:
