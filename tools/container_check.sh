@@ -7,9 +7,9 @@
 #      override) and imports it as localhost/debian-base:bookworm, once (later runs reuse it);
 #   3. builds the Dockerfile with --build-arg BASE_IMAGE=<that base> TORCH_INDEX=<local>, and
 #      pytorch.def through tools/def_to_dockerfile.py (its sections run unchanged); pip inside the
-#      builds uses this machine's pip configuration (`pip config list`): its local wheel folders and
-#      indexes are mounted read-only, its CA bundle is used, and torch is pinned to the CPU wheel
-#      found there (TORCH_INDEX, default PyPI, when none is);
+#      builds uses this machine's pip configuration (`pip config list`): its local wheel folders,
+#      indexes and constraints are mounted read-only and its CA bundle is used; TORCH_INDEX is the
+#      local index holding torch and torchvision (PyPI when there is none);
 #   4. runs tools/container_selftest.sh in each image through the image's own entry point (RUN
 #      steps of a test stage: `podman run` cannot set rlimits in some sandboxes): the import check,
 #      the default runner, a named runner, extra arguments, and a tiny run_all_demo.sh configured by
@@ -82,9 +82,12 @@ done < <($PY -m pip config list 2>/dev/null || true)
   if [ -n "${CONF[cert]:-}" ] && [ -f "${CONF[cert]}" ]; then
     cp "${CONF[cert]}" "$pipconf/ca.crt"; echo "cert = /etc/icam-pip/ca.crt"
   fi
+  # PyPI (or the configured index) also as an extra index: TORCH_INDEX replaces the index in the
+  # torch step, and a local index may lack some of torch's dependencies (cuda-bindings).
+  CONF[extra-index-url]="${CONF[extra-index-url]:-} ${CONF[index-url]:-https://pypi.org/simple}"
   for key in find-links index-url extra-index-url; do
     [ -n "${CONF[$key]:-}" ] || continue
-    echo "$key = ${CONF[$key]}"
+    echo "$key = ${CONF[$key]# }"
     for loc in ${CONF[$key]}; do
       path=${loc#file://}
       [ "${path:0:1}" = / ] || continue
@@ -98,13 +101,15 @@ done < <($PY -m pip config list 2>/dev/null || true)
 if [ -n "${CONF[constraint]:-}" ]; then
   for f in ${CONF[constraint]}; do [ -f "$f" ] && cat "$f" >> "$pipconf/constraints.txt"; done
 fi
-cpu_wheel=$(for d in ${CONF[find-links]:-}; do ls "${d#file://}"/torch-*+cpu-cp311-*.whl 2>/dev/null; done | sort -V | tail -n 1) || true
-if [ -n "$cpu_wheel" ]; then
-  v=$(basename "$cpu_wheel" | cut -d- -f2)
-  echo "torch==$v" >> "$pipconf/constraints.txt"
-  say "torch: the local CPU wheel $(basename "$cpu_wheel")"
-fi
-TORCH_INDEX=${TORCH_INDEX:-https://pypi.org/simple}
+# torch and torchvision from the local index that holds torch, when there is one: the CPU torch
+# wheel some machines also keep cannot be used, since torchvision's wheels there are built against
+# CUDA torch (libtorch_cuda.so) and fail on import with "operator torchvision::nms does not exist".
+local_index=
+for loc in ${CONF[index-url]:-} ${CONF[extra-index-url]:-}; do
+  [ -d "${loc#file://}/torch" ] && [ -d "${loc#file://}/torchvision" ] && { local_index=$loc; break; }
+done
+TORCH_INDEX=${TORCH_INDEX:-${local_index:-https://pypi.org/simple}}
+say "torch index for the builds: $TORCH_INDEX"
 VOLUMES+=(--volume "$pipconf/pip.conf:/etc/pip.conf:ro" --volume "$pipconf:/etc/icam-pip:ro")
 
 build() {  # TAG LOG ARGS... ; sets SECONDS_TAKEN
