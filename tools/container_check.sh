@@ -147,7 +147,7 @@ for recipe in Dockerfile pytorch.def; do
   t=$(now)
   if ! nice -n "$NICE" podman build --isolation chroot --no-cache -t "$tag-test" \
       -f "$ROOT/tools/container_check.Dockerfile" --build-arg IMAGE="$tag" --build-arg ENTRY="$words" \
-      "$testctx" 2>&1 | tee "$CACHE/test-${tag##*:}.log" | grep -v -E '^(STEP|COMMIT|-->|Getting image|Copying|Writing manifest|Storing)'; then
+      "$testctx" 2>&1 | tee "$CACHE/test-${tag##*:}.log" | grep -v -E '^(STEP|COMMIT|-->|Getting image|Copying|Writing manifest|Storing|Successfully tagged|[0-9a-f]{64}$)'; then
     die "the checks failed in $tag (log: $CACHE/test-${tag##*:}.log)"
   fi
   grep -q "^container selftest: OK" "$CACHE/test-${tag##*:}.log" || die "the checks did not finish in $tag"
