@@ -17,7 +17,7 @@
 #   5. prints build times and image sizes, then "container check: OK".
 # What this cannot cover (the CUDA base, Python 3.12, CUDA wheels): docs/DATA.md#containers-and-clusters.
 # Variables: DEBIAN_MIRROR, TORCH_INDEX, CONTAINER_CACHE (default /var/cache/icam-container: build
-# logs, the generated Dockerfile), NICE (default 10).
+# logs, the generated Dockerfile), NICE (default 10), MIN_FREE_GB (25).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -40,6 +40,12 @@ if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null; then
     || { tail -20 "$CACHE/apt.log" >&2; die "apt-get install podman debootstrap failed ($CACHE/apt.log)"; }
   say "installed in $(( $(now) - t )) s"
 fi
+
+# Two images of ~7 GB (CUDA wheels), their build layers and the base: ask for 25 GB up front.
+store=$(podman info --format '{{.Store.GraphRoot}}')
+mkdir -p "$store"
+free_gb=$(df -Pk "$store" | awk 'NR == 2 { print int($4 / 1048576) }')
+[ "$free_gb" -ge "${MIN_FREE_GB:-25}" ] || die "$store: ${free_gb} GB free, the two images need about 25 GB (MIN_FREE_GB)"
 
 # 2. the base image, once
 debian_mirror() {
