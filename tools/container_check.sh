@@ -54,7 +54,7 @@ debian_mirror() {
   cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
     | awk '/^deb[ \t]/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; break } }
            /^URIs:/ { for (i = 2; i <= NF; i++) print $i }' \
-    | grep -E '/debian/?$' | head -n 1
+    | grep -E '/debian/?$' | head -n 1 || true   # none found: the caller says so
 }
 if podman image exists "$BASE"; then
   say "base image $BASE: cached"
