@@ -48,6 +48,8 @@ def test_sections_reach_the_image_verbatim():
     assert "/bin/sh -e -x /.post.script" in dock and "ARG TORCH_INDEX" in dock
     # order as in apptainer: %files, then %post, then the runtime files
     assert dock.index("/.icam-files.sh") < dock.index("/.post.script") < dock.index("90-environment.sh")
+    # %test runs at the end of the build (as `apptainer build` does), in the image's environment
+    assert dock.index("90-environment.sh") < dock.index("exec /bin/sh -e /.singularity.d/test")
     entry = json.loads(dock.splitlines()[-1][len("ENTRYPOINT"):])
     assert entry == ["/bin/sh", "/.singularity.d/actions/run"]
 

@@ -14,6 +14,7 @@ as apptainer runs them:
     and %test -> /.singularity.d/test, each behind ``#!/bin/sh``, as in a SIF; the image's entry
     point is apptainer's run action: source /.singularity.d/env/*.sh, then
     ``exec /.singularity.d/runscript "$@"``;
+  - %test runs at the end of the build, as `apptainer build` runs it;
   - %labels -> LABEL; the header's ``From:`` -> ``ARG BASE_IMAGE`` (the default), so a build can
     swap the base image; ``ARG TORCH_INDEX`` (unset by default) is visible to %post, whose pip
     line falls back to the CUDA index when it is unset.
@@ -135,6 +136,9 @@ def to_dockerfile(text: str, path: str = "pytorch.def") -> str:
             out.append(f"# %{name} (after %post, as apptainer writes it)")
             out.append("RUN " + _write(dest, "#!/bin/sh\n\n" + sec[name], mode))
     out.append("RUN " + _write("/.singularity.d/actions/run", RUN_ACTION, "755"))
+    if "test" in sec:  # apptainer build ends by running %test in the image's environment
+        out.append("RUN /bin/sh -c 'for f in /.singularity.d/env/*.sh; do . \"$f\"; done; "
+                   "exec /bin/sh -e /.singularity.d/test'")
     out.append('ENTRYPOINT ["/bin/sh", "/.singularity.d/actions/run"]')
     return "\n".join(out) + "\n"
 
