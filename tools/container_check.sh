@@ -66,7 +66,7 @@ else
   rootfs=$(mktemp -d "$CACHE/rootfs.XXXXXX")
   nice -n "$NICE" debootstrap --variant=minbase bookworm "$rootfs" "$mirror" > "$CACHE/debootstrap.log" 2>&1 \
     || { tail -20 "$CACHE/debootstrap.log" >&2; rm -rf "$rootfs"; die "debootstrap failed ($CACHE/debootstrap.log)"; }
-  tar -C "$rootfs" -c . | podman import - "$BASE" > /dev/null
+  tar -C "$rootfs" -c . | podman import --quiet - "$BASE" > /dev/null
   rm -rf "$rootfs"
   say "base image $BASE imported in $(( $(now) - t )) s"
 fi
