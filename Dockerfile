@@ -4,7 +4,10 @@
 #     docker run --gpus all --shm-size 16g -v /scratch/data:/data -v /scratch/exp:/exp \
 #         -v /scratch/pretrained:/opt/icam/pretrained \
 #         -e DATA_ROOT=/data/VOCdevkit/VOC2012 -e EXPDIR=/exp/voc -e NPROC=4 icam [RUNNER.sh] [ARGS...]
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+# BASE_IMAGE and TORCH_INDEX exist for tools/container_check.sh (a Debian base and CPU wheels on a
+# machine without registry access); a real build keeps both defaults.
+ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+FROM ${BASE_IMAGE}
 
 ENV DEBIAN_FRONTEND=noninteractive
 # build-essential + python3-dev: pydensecrf2 compiles from source where no wheel matches.
@@ -17,11 +20,13 @@ RUN apt-get update \
 
 # Ubuntu 24.04's python is externally managed (PEP 668): install into a venv.
 # torch/torchvision first from the CUDA 12.8 wheel index (driver >= 570; use .../whl/cu126 for
-# older drivers), with the version bounds of requirements.txt; then everything else.
+# older drivers, or --build-arg TORCH_INDEX=...), with the version bounds of requirements.txt;
+# then everything else.
+ARG TORCH_INDEX
 COPY requirements.txt /opt/icam/requirements.txt
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
-    && /opt/venv/bin/pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cu128 \
+    && /opt/venv/bin/pip install --no-cache-dir --index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cu128}" \
         $(grep -E '^(torch|torchvision)([<>=!~ ]|$)' /opt/icam/requirements.txt) \
     && /opt/venv/bin/pip install --no-cache-dir -r /opt/icam/requirements.txt
 

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.requirements.stamp
 
-.PHONY: demo test venv bench bench-pipeline bench-gpu clean
+.PHONY: demo test venv bench bench-pipeline bench-gpu container-check clean
 
 $(STAMP): requirements.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ bench-pipeline: $(STAMP)
 # The one-shot check of a GPU machine (docs/PERFORMANCE.md); a reduced CPU run without CUDA.
 bench-gpu:
 	bash tools/gpu_check.sh
+
+# Build Dockerfile and pytorch.def with podman from a local Debian base and run each image's checks
+# (root; ~20 min on a fresh 2-core machine; docs/DATA.md#containers-and-clusters). Not run in CI.
+container-check:
+	bash tools/container_check.sh
 
 clean:
 	rm -rf $(VENV) demo_exp

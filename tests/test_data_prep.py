@@ -554,12 +554,16 @@ def test_container_recipes_agree():
         assert name in sec, f"pytorch.def has no %{name}"
     assert re.search(r"^Bootstrap:\s*docker", sec["header"], re.M)
     base_def = re.search(r"^From:\s*(\S+)", sec["header"], re.M).group(1)
-    base_dock = re.search(r"^FROM\s+(\S+)", dock, re.M).group(1)
+    # the Dockerfile's base is a build argument (tools/container_check.sh swaps it); its default
+    assert re.search(r"^FROM\s+\$\{BASE_IMAGE\}\s*$", dock, re.M)
+    base_dock = re.search(r"^ARG BASE_IMAGE=(\S+)", dock, re.M).group(1)
     assert base_def == base_dock and "ubuntu24.04" in base_def  # Python 3.12
 
     assert "-r /opt/icam/requirements.txt" in sec["post"]
     assert re.search(r"^\s*requirements\.txt\s", sec["files"], re.M)
     assert _pip_installs(sec["post"]) == _pip_installs(dock) and len(_pip_installs(dock)) == 3
+    # torch from the CUDA 12.8 index unless TORCH_INDEX is set (only tools/container_check.sh does)
+    assert '--index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cu128}"' in _pip_installs(dock)[1]
     assert _apt_packages(sec["post"]) == _apt_packages(dock)
     assert "build-essential" in _apt_packages(dock) and "python3-dev" in _apt_packages(dock)
     assert "opencv-python-headless" in (ROOT / "requirements.txt").read_text()

@@ -1,0 +1,7 @@
+# The test stage of tools/container_check.sh: tools/container_selftest.sh run as a RUN step on top
+# of a built image (IMAGE), through that image's entry point (ENTRY, shell words).
+ARG IMAGE
+FROM ${IMAGE}
+ARG ENTRY
+COPY container_selftest.sh /tmp/container_selftest.sh
+RUN ENTRY="$ENTRY" /bin/sh /tmp/container_selftest.sh && rm /tmp/container_selftest.sh
