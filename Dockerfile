@@ -4,7 +4,7 @@
 #     docker run --gpus all --shm-size 16g -v /scratch/data:/data -v /scratch/exp:/exp \
 #         -v /scratch/pretrained:/opt/icam/pretrained \
 #         -e DATA_ROOT=/data/VOCdevkit/VOC2012 -e EXPDIR=/exp/voc -e NPROC=4 icam [RUNNER.sh] [ARGS...]
-# BASE_IMAGE and TORCH_INDEX exist for tools/container_check.sh (a Debian base and CPU wheels on a
+# BASE_IMAGE and TORCH_INDEX exist for tools/container/container_check.sh (a Debian base and CPU wheels on a
 # machine without registry access); a real build keeps both defaults.
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 FROM ${BASE_IMAGE}

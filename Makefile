@@ -20,23 +20,23 @@ test: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python -m pytest -q tests
 
 bench: $(STAMP)
-	$(VENV)/bin/python -m tools.bench_evaluate
-	$(VENV)/bin/python -m tools.bench_fsl
-	$(VENV)/bin/python -m tools.bench_random_walk
+	$(VENV)/bin/python -m tools.bench.bench_evaluate
+	$(VENV)/bin/python -m tools.bench.bench_fsl
+	$(VENV)/bin/python -m tools.bench.bench_random_walk
 
 # Every stage's throughput per precision mode at the demo width (--preset paper: the paper's sizes).
 bench-pipeline: $(STAMP)
-	$(VENV)/bin/python -m tools.bench_pipeline
-	$(VENV)/bin/python -m tools.bench_crf --crf_workers 1 2
+	$(VENV)/bin/python -m tools.bench.bench_pipeline
+	$(VENV)/bin/python -m tools.bench.bench_crf --crf_workers 1 2
 
 # The one-shot check of a GPU machine (docs/PERFORMANCE.md); a reduced CPU run without CUDA.
 bench-gpu:
-	bash tools/gpu_check.sh
+	bash tools/bench/gpu_check.sh
 
 # Build Dockerfile and pytorch.def with podman from a local Debian base and run each image's checks
 # (root; ~20 min on a fresh 2-core machine; docs/DATA.md#containers-and-clusters). Not run in CI.
 container-check:
-	bash tools/container_check.sh
+	bash tools/container/container_check.sh
 
 clean:
 	rm -rf $(VENV) demo_exp

@@ -4,13 +4,13 @@
 # Result (COCO_ROOT defaults to <repo>/data/coco, the runners' default DATA_ROOT):
 #   $COCO_ROOT/{train2014,val2014,train2017,val2017}/          images as unzipped
 #   $COCO_ROOT/annotations/instances_<split>.json
-#   $COCO_ROOT/SegmentationClass/<split>/<12-digit id>.png     semantic labels (tools/process_coco.py)
+#   $COCO_ROOT/SegmentationClass/<split>/<12-digit id>.png     semantic labels (tools/data/process_coco.py)
 #   $COCO_ROOT/ImageSets/<split>.txt                           12-digit ids
 #   $COCO_ROOT/cls_labels_<split>.npz                          image-level labels
 #
 # Steps per year (each leaves a marker in $COCO_ROOT/.prep_markers and is skipped when rerun):
 #   fetch + verify + extract annotations_trainval<Y>.zip, train<Y>.zip, val<Y>.zip,
-#   then `python -m tools.process_coco` on train<Y> and val<Y>.
+#   then `python -m tools.data.process_coco` on train<Y> and val<Y>.
 #
 # Environment (flags in brackets):
 #   DATA_ROOT [--data_root DIR]     parent of the default COCO_ROOT (default <repo>/data); a value
@@ -24,7 +24,7 @@
 #   COCO_<NAME>_MD5                 expected md5 of one archive ("skip" disables checking);
 #                                   default: none known -> zip CRC integrity check
 #   COCO_IMAGES=0 [--no_images]     annotations and labels only (images already elsewhere)
-#   WORKERS [--workers N]           processes of tools.process_coco (default: min(8, nproc))
+#   WORKERS [--workers N]           processes of tools.data.process_coco (default: min(8, nproc))
 #   ARCHIVE_DIR                     where archives are kept (default $COCO_ROOT/archives)
 #   DELETE_ARCHIVES=1               remove each archive after a successful extraction
 #   LINK_LOCAL=1                    symlink local-path sources instead of copying them
@@ -74,8 +74,8 @@ fi
 COCO_ROOT=$(realpath -m "$COCO_ROOT")
 ARCHIVE_DIR=$(realpath -m "${ARCHIVE_DIR:-$COCO_ROOT/archives}")
 MARKERS=$COCO_ROOT/.prep_markers
-# shellcheck source=tools/fetch_lib.sh
-source "$REPO/tools/fetch_lib.sh"
+# shellcheck source=tools/runner/fetch_lib.sh
+source "$REPO/tools/runner/fetch_lib.sh"
 cd "$REPO"   # python -m tools.* needs the repo root
 mkdir -p "$COCO_ROOT" "$ARCHIVE_DIR"
 log "COCO root: $COCO_ROOT (years: $YEARS)"
@@ -121,8 +121,8 @@ for year in $YEARS; do
         fi
         log "writing labels of $split"
         # process_coco itself keeps label PNGs of an interrupted run and writes the rest.
-        "$PY" -m tools.process_coco --data_root "$COCO_ROOT" --split "$split" --workers "$WORKERS" \
-            || die "tools.process_coco failed on $split"
+        "$PY" -m tools.data.process_coco --data_root "$COCO_ROOT" --split "$split" --workers "$WORKERS" \
+            || die "tools.data.process_coco failed on $split"
         mark_done "labels_$split"
     done
 done

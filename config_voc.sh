@@ -8,8 +8,8 @@
 # Steps (each leaves a marker in $DATA_ROOT/.prep_markers and is skipped when rerun):
 #   1. fetch + verify VOCtrainval_11-May-2012.tar (md5), extract
 #   2. fetch + verify SegmentationClassAug (zip or tar; integrity or SBD_AUG_MD5), extract
-#   3. ImageSets/Segmentation/train_aug.txt = SegmentationClassAug ids - val ids (tools/make_train_aug.py)
-#   4. cls_labels.npz from the XML annotations (tools/make_cls_labels.py)
+#   3. ImageSets/Segmentation/train_aug.txt = SegmentationClassAug ids - val ids (tools/data/make_train_aug.py)
+#   4. cls_labels.npz from the XML annotations (tools/data/make_cls_labels.py)
 #   5. VOC 2012 test images (optional; the server needs a login, failure is only a warning)
 #
 # Environment (flags in brackets):
@@ -71,8 +71,8 @@ esac
 ARCHIVE_DIR=$(realpath -m "${ARCHIVE_DIR:-$DATA_ROOT/archives}")
 MARKERS=$DATA_ROOT/.prep_markers
 VOC=$DATA_ROOT/VOCdevkit/VOC2012
-# shellcheck source=tools/fetch_lib.sh
-source "$REPO/tools/fetch_lib.sh"
+# shellcheck source=tools/runner/fetch_lib.sh
+source "$REPO/tools/runner/fetch_lib.sh"
 cd "$REPO"   # python -m tools.* needs the repo root
 mkdir -p "$DATA_ROOT" "$ARCHIVE_DIR"
 log "data root: $DATA_ROOT"
@@ -130,7 +130,7 @@ fi
 if is_done train_aug && [ -f "$VOC/ImageSets/Segmentation/train_aug.txt" ]; then
     log "skip: train_aug.txt already built"
 else
-    "$PY" -m tools.make_train_aug --data_root "$VOC" ${TRAIN_AUG_EXPECT:+--expect "$TRAIN_AUG_EXPECT"} \
+    "$PY" -m tools.data.make_train_aug --data_root "$VOC" ${TRAIN_AUG_EXPECT:+--expect "$TRAIN_AUG_EXPECT"} \
         || die "building train_aug.txt failed"
     mark_done train_aug
 fi
@@ -139,7 +139,7 @@ fi
 if is_done cls_labels && [ -f "$VOC/cls_labels.npz" ]; then
     log "skip: cls_labels.npz already built"
 else
-    "$PY" -m tools.make_cls_labels --data_root "$VOC" --out "$VOC/cls_labels.npz" \
+    "$PY" -m tools.data.make_cls_labels --data_root "$VOC" --out "$VOC/cls_labels.npz" \
         || die "building cls_labels.npz failed"
     mark_done cls_labels
 fi

@@ -10,7 +10,7 @@
 #   in the paper regime), FINAL_EVAL_TRAIN (0: the final network on val only).
 set -euo pipefail
 # Relative paths in EXPDIR, DATA_ROOT, WEIGHTS, ... are the caller's; then cd to the repository.
-source "$(dirname "$0")/tools/runner_args.sh"
+source "$(dirname "$0")/tools/runner/runner_args.sh"
 for v in DEMO_NUM_TRAIN DEMO_NUM_VAL DEMO_SIZE DEMO_CAM_STEPS DEMO_AFF_STEPS DEMO_SEG_STEPS \
          DEMO_BATCH OMP_NUM_THREADS; do check_var "$v" positive; done
 for v in DEMO_WIDTH DEMO_LR DEMO_SEG_LR; do check_var "$v" number; done
@@ -25,7 +25,7 @@ export TRAIN_SPLIT=train EVAL_TRAIN_SPLIT=train VAL_SPLIT=val
 REGIME=${DEMO_REGIME:-paper}
 case $REGIME in
   paper) if [ -z "${DEMO_WEIGHTS:-}" ] && [ "${DEMO_WIDTH:-0.125}" != 0.125 ]; then
-           echo "$(basename "$0"): the shipped trunk pretrained/synthetic_trunk_w0.125.pth has width 0.125, not DEMO_WIDTH=$DEMO_WIDTH; set DEMO_WEIGHTS to a trunk of that width (python -m tools.pretrain_trunk) or to none" >&2
+           echo "$(basename "$0"): the shipped trunk pretrained/synthetic_trunk_w0.125.pth has width 0.125, not DEMO_WIDTH=$DEMO_WIDTH; set DEMO_WEIGHTS to a trunk of that width (python -m tools.experiments.pretrain_trunk) or to none" >&2
            exit 2
          fi
          export WEIGHTS=${DEMO_WEIGHTS:-pretrained/synthetic_trunk_w0.125.pth}
@@ -59,13 +59,13 @@ prepare_data() {
   if [ "$DATA_ROOT" = "$EXPDIR/data/synthetic" ]; then   # both made absolute by the pipeline
     over=(--overwrite)
   elif [ -d "$DATA_ROOT" ] && [ -n "$(ls -A "$DATA_ROOT")" ]; then
-    echo "DATA_ROOT $DATA_ROOT has no cls_labels.npz: the demo generates its dataset only into a new or empty folder; for a VOC-layout dataset there, make its labels first (python -m tools.make_cls_labels --data_root $DATA_ROOT)" >&2
+    echo "DATA_ROOT $DATA_ROOT has no cls_labels.npz: the demo generates its dataset only into a new or empty folder; for a VOC-layout dataset there, make its labels first (python -m tools.data.make_cls_labels --data_root $DATA_ROOT)" >&2
     exit 2
   fi
   echo "[data] synthetic VOC-format dataset: $N_TRAIN train / $N_VAL val images at ${SIZE}px -> $DATA_ROOT"
-  run_logged make_synthetic_voc "$PYTHON" -m tools.make_synthetic_voc --out "$DATA_ROOT" \
+  run_logged make_synthetic_voc "$PYTHON" -m tools.data.make_synthetic_voc --out "$DATA_ROOT" \
     --num_train "$N_TRAIN" --num_val "$N_VAL" --size "$SIZE" --seed 0 "${over[@]}"
-  run_logged make_cls_labels "$PYTHON" -m tools.make_cls_labels --data_root "$DATA_ROOT"
+  run_logged make_cls_labels "$PYTHON" -m tools.data.make_cls_labels --data_root "$DATA_ROOT"
 }
 
 COMMON="--seed $SEED --backbone_width $WIDTH --batch_size $BATCH --num_workers 1 --device cpu --threads ${OMP_NUM_THREADS}"
@@ -112,4 +112,4 @@ esac
 export CAM_INFER_ARGS="--backbone_width $WIDTH --num_workers 1 --crf_workers 2 --device cpu --cam_source relu_logits --cam_power 2.4 ${DEMO_CAM_INFER_ARGS:-}"
 export SEG_TRAIN_ARGS="$COMMON --crop_size $CROP $SEG_RECIPE --lr ${DEMO_SEG_LR:-0.001} --bn_momentum 0.1 --optimizer adamw --no-dropout ${DEMO_SEG_TRAIN_ARGS:-}"
 export SEG_INFER_ARGS="--backbone_width $WIDTH --crf_workers 2 --device cpu ${DEMO_SEG_INFER_ARGS:-}"
-source tools/pipeline.sh
+source tools/runner/pipeline.sh

@@ -17,7 +17,7 @@ beta = 8, logt = 6 (T^64). Two equivalent evaluations:
 
 ``'auto'`` picks 'sparse' on the CPU (much faster than 'dense' there, equal to ~1e-6) and
 keeps the original 'dense' on CUDA (a few large GEMMs vs 64 small sequential sparse kernels);
-the measurements are in docs/PERFORMANCE.md (``python -m tools.bench_random_walk [--device
+the measurements are in docs/PERFORMANCE.md (``python -m tools.bench.bench_random_walk [--device
 cuda]``).
 """
 from __future__ import annotations

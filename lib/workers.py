@@ -83,7 +83,7 @@ def crf_workers(value: int | str, loader_workers: int = 0) -> int:
 
 
 def main() -> None:
-    """``python -m lib.workers``: the ``auto`` counts of this process (tools/gpu_check.sh)."""
+    """``python -m lib.workers``: the ``auto`` counts of this process (tools/bench/gpu_check.sh)."""
     cores = available_cores()
     print(" ".join([f"cores={cores}"] + [f"{k}={v}" for k, v in split_cores(cores).items()]))
 

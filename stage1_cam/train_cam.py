@@ -95,7 +95,7 @@ def stage1_loss(model, img1, label, args, generator=None, loss_weight=None):
     ``args.loss_weight`` (the warm-up schedule).
     """
     share = dist.batch_share(img1.shape[0], img1.device)
-    # record_function labels: the rows of tools.profile_step's table (no cost outside a profiler)
+    # record_function labels: the rows of tools.bench.profile_step's table (no cost outside a profiler)
     with record_function("forward.view1"):
         img2 = F.interpolate(img1, scale_factor=args.view2_scale, mode="bilinear",
                              align_corners=True)

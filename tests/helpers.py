@@ -19,8 +19,8 @@ def run(*args, timeout=180):
 
 def make_tiny_voc(root: Path, cls_labels: bool = True) -> Path:
     """4 train + 2 val synthetic images at 64 px (seed 0) in VOC layout, with cls_labels.npz."""
-    run("-m", "tools.make_synthetic_voc", "--out", str(root), "--num_train", "4", "--num_val", "2",
+    run("-m", "tools.data.make_synthetic_voc", "--out", str(root), "--num_train", "4", "--num_val", "2",
         "--size", "64", "--seed", "0")
     if cls_labels:
-        run("-m", "tools.make_cls_labels", "--data_root", str(root))
+        run("-m", "tools.data.make_cls_labels", "--data_root", str(root))
     return root

@@ -1,4 +1,4 @@
-"""tools.ablate: the variants are valid stage-1 flags, and the table is the mean and sample std."""
+"""tools.experiments.ablate: the variants are valid stage-1 flags, and the table is the mean and sample std."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import shlex
 import pytest
 
 from stage1_cam import train_cam
-from tools import ablate
+from tools.experiments import ablate
 
 
 @pytest.mark.parametrize("variant", sorted(ablate.VARIANTS))

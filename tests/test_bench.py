@@ -1,4 +1,4 @@
-"""tools.bench_pipeline's fp32-tolerance checks, lib.pool.BoundedPool, and the random walk under
+"""tools.bench.bench_pipeline's fp32-tolerance checks, lib.pool.BoundedPool, and the random walk under
 autocast. No timing is asserted: the benchmarks' numbers are printed, never tested."""
 import operator
 from pathlib import Path
@@ -19,7 +19,7 @@ CPU = torch.device("cpu")
 
 @pytest.mark.parametrize("stage", ["cam", "aff"])
 def test_channels_last_fp32_training_loss_equals_contiguous(stage):
-    from tools import bench_pipeline as bp
+    from tools.bench import bench_pipeline as bp
 
     crop, batch = TINY[stage]
     model, loss_fn, images = bp.train_case(stage, TINY["width"], crop, batch, CPU)
@@ -32,7 +32,7 @@ def test_channels_last_fp32_training_loss_equals_contiguous(stage):
 
 @pytest.mark.parametrize("stage", ["cam", "aff", "seg"])
 def test_inference_modes_within_tolerance(stage):
-    from tools import bench_pipeline as bp
+    from tools.bench import bench_pipeline as bp
 
     rows = bp.bench_case("infer", stage, ["fp32", "fp32_cl", "bf16", "bf16_cl"], TINY, CPU, 1)
     assert [r["mode"] for r in rows] == ["fp32", "fp32_cl", "bf16", "bf16_cl"]
@@ -45,7 +45,7 @@ def test_inference_modes_within_tolerance(stage):
 
 
 def test_bf16_training_check_passes_and_a_tighter_tolerance_fails(monkeypatch):
-    from tools import bench_pipeline as bp
+    from tools.bench import bench_pipeline as bp
 
     rows = bp.bench_case("train", "cam", ["fp32", "bf16"], TINY, CPU, 1)
     assert [r["check"] for r in rows] == ["ok", "ok"]
@@ -58,7 +58,7 @@ def test_bf16_training_check_passes_and_a_tighter_tolerance_fails(monkeypatch):
 
 def test_bench_pipeline_cli_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    run("-m", "tools.bench_pipeline", "--backbone_width", "0.0625", "--cam_crop", "32", "--cam_batch", "2",
+    run("-m", "tools.bench.bench_pipeline", "--backbone_width", "0.0625", "--cam_crop", "32", "--cam_batch", "2",
         "--aff_crop", "96", "--aff_batch", "2", "--seg_crop", "32", "--seg_batch", "2",
         "--infer_size", "88", "96", "--stages", "aff", "--modes", "fp32", "bf16", "--repeats", "1",
         "--device", "cpu", "--json", str(out), timeout=300)
@@ -96,7 +96,7 @@ def test_bounded_pool_reraises_a_worker_error():
 def test_crf_pool_writes_the_same_maps_as_serial(tmp_path):
     from lib.io import load_crf
     from stage1_cam.infer_cam import _crf_job
-    from tools.bench_crf import synthetic_inputs
+    from tools.bench.bench_crf import synthetic_inputs
 
     image, keys, cams, _ = synthetic_inputs((40, 56), 2)
     for workers in (0, 2):
@@ -131,7 +131,7 @@ def test_random_walk_stays_fp32_under_bf16_autocast(method):
 
 
 def test_gpu_check_script_is_valid_bash():
-    script = Path(__file__).resolve().parents[1] / "tools" / "gpu_check.sh"
+    script = Path(__file__).resolve().parents[1] / "tools" / "bench" / "gpu_check.sh"
     import subprocess
 
     r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
@@ -172,7 +172,7 @@ def build_init_state():
 @pytest.mark.parametrize("k", [0, 2])
 def test_shared_lattice_crf_equals_one_crf_per_alpha(k):
     from lib.crf import cam_bg_fg_scores, crf_from_cam_alphas, dense_crf
-    from tools.bench_crf import synthetic_inputs
+    from tools.bench.bench_crf import synthetic_inputs
 
     image, keys, cams, _ = synthetic_inputs((30, 44), max(k, 1), seed=3)
     keys, cams = keys[:k], cams[:k]
@@ -189,7 +189,7 @@ def test_shared_lattice_crf_equals_one_crf_per_alpha(k):
 def test_time_budget_arithmetic():
     from argparse import Namespace
 
-    from tools import time_budget as tb
+    from tools.bench import time_budget as tb
 
     args = Namespace(
         tflops_fp32=150.0, tflops_bf16=300.0, crf_s=2.0, final_crf_s=1.8, walk_s=0.02,

@@ -14,7 +14,8 @@ from stage1_cam import infer_cam, train_cam
 from stage2_aff import infer_aff, train_aff
 from stage3_seg import infer_seg, train_seg
 from test_interrupted_runs import calls, run_runner  # the runner with a recording python stub
-from tools import evaluate, make_cls_labels, make_train_aug, process_coco
+from tools import evaluate
+from tools.data import make_cls_labels, make_train_aug, process_coco
 
 # script -> (parse(argv), the arguments it requires)
 SCRIPTS = {

@@ -1,4 +1,4 @@
-"""tools/make_cls_labels.py: image-level labels from VOC XML."""
+"""tools/data/make_cls_labels.py: image-level labels from VOC XML."""
 import re
 import shutil
 
@@ -8,8 +8,8 @@ import pytest
 from lib.errors import UserError
 from lib.datasets.classes import SYNTHETIC_CLASSES, VOC_CLASSES
 from lib.io import load_cls_labels, load_label_png
-from tools import make_cls_labels as mcl
-from tools import make_synthetic_voc as msv
+from tools.data import make_cls_labels as mcl
+from tools.data import make_synthetic_voc as msv
 
 
 def _load(path):

@@ -1,5 +1,5 @@
-"""tools/def_to_dockerfile.py: pytorch.def's sections reach the generated Dockerfile unchanged, and
-%files copies as apptainer does. (tools/container_check.sh builds and runs both images; no
+"""tools/container/def_to_dockerfile.py: pytorch.def's sections reach the generated Dockerfile unchanged, and
+%files copies as apptainer does. (tools/container/container_check.sh builds and runs both images; no
 container engine is needed here.)"""
 import base64
 import json
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lib.errors import UserError
-from tools.def_to_dockerfile import FILES_HELPER, RUN_ACTION, files_lines, parse_def, to_dockerfile
+from tools.container.def_to_dockerfile import FILES_HELPER, RUN_ACTION, files_lines, parse_def, to_dockerfile
 
 ROOT = Path(__file__).resolve().parents[1]
 DEF = (ROOT / "pytorch.def").read_text()

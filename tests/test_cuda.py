@@ -1,4 +1,4 @@
-"""CUDA-only checks (skipped without a GPU; tools/gpu_check.sh runs them on a GPU machine):
+"""CUDA-only checks (skipped without a GPU; tools/bench/gpu_check.sh runs them on a GPU machine):
 bf16 autocast and channels_last against fp32 on the GPU, the GPU random walk against the CPU's,
 and DDP with two processes (NCCL over two GPUs, gloo on one)."""
 import socket
@@ -16,7 +16,7 @@ SMALL = dict(width=0.25, cam=(64, 4), aff=(64, 4), seg=(64, 4), infer_size=(48, 
 @pytest.mark.parametrize("kind", ["train", "infer"])
 @pytest.mark.parametrize("stage", ["cam", "aff", "seg"])
 def test_bf16_and_channels_last_within_fp32_tolerance_on_cuda(kind, stage):
-    from tools import bench_pipeline as bp
+    from tools.bench import bench_pipeline as bp
 
     modes = ["fp32", "fp32_cl", "bf16", "bf16_cl"]
     rows = bp.bench_case(kind, stage, modes, SMALL, torch.device("cuda"), 1)

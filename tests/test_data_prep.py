@@ -1,4 +1,4 @@
-"""Data preparation (config_voc.sh, config_coco.sh, tools/make_train_aug.py, tools/process_coco.py)
+"""Data preparation (config_voc.sh, config_coco.sh, tools/data/make_train_aug.py, tools/data/process_coco.py)
 and the container recipes. Everything runs offline on tiny archives built here."""
 from __future__ import annotations
 
@@ -267,7 +267,7 @@ def test_config_voc_missing_local_source_is_a_clear_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# tools/make_train_aug.py
+# tools/data/make_train_aug.py
 # ---------------------------------------------------------------------------------------------
 def _voc_root(tmp_path, aug, val, jpgs):
     root = tmp_path / "VOC2012"
@@ -283,7 +283,7 @@ def _voc_root(tmp_path, aug, val, jpgs):
 
 
 def test_make_train_aug_is_sorted_difference(tmp_path):
-    from tools.make_train_aug import main, make_train_aug
+    from tools.data.make_train_aug import main, make_train_aug
     root = _voc_root(tmp_path, ["c", "a", "b", "v1", "v2"], ["v2", "v1", "z"], ["a", "b", "c"])
     (root / "SegmentationClassAug" / "._a.png").write_bytes(b"fork")
     assert make_train_aug(root) == ["a", "b", "c"]
@@ -294,7 +294,7 @@ def test_make_train_aug_is_sorted_difference(tmp_path):
 
 
 def test_make_train_aug_errors(tmp_path):
-    from tools.make_train_aug import main, make_train_aug
+    from tools.data.make_train_aug import main, make_train_aug
     root = _voc_root(tmp_path, ["a", "b"], ["x"], ["a"])
     with pytest.raises(FileNotFoundError, match=r"1 train_aug ids .*\['b'\]"):
         make_train_aug(root)
@@ -304,7 +304,7 @@ def test_make_train_aug_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# tools/process_coco.py
+# tools/data/process_coco.py
 # ---------------------------------------------------------------------------------------------
 # The 80 COCO category ids (1..90 with gaps).
 COCO_IDS = [*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70,
@@ -373,7 +373,7 @@ def coco_root(tmp_path):
 
 
 def test_coco_category_mapping_by_hand(coco_root):
-    from tools.process_coco import CocoSplit
+    from tools.data.process_coco import CocoSplit
     coco = CocoSplit(coco_root / "annotations" / "instances_val2014.json")
     assert coco.num_classes == 80 and coco.cat_ids == COCO_IDS  # sorted although listed reversed
     # hand-computed: id 1 -> 0, id 3 -> 2, id 44 -> 39 (11 + 13 + 2 + 13 ids before it), id 90 -> 79
@@ -383,7 +383,7 @@ def test_coco_category_mapping_by_hand(coco_root):
 
 
 def test_process_coco_labels(coco_root):
-    from tools.process_coco import main
+    from tools.data.process_coco import main
     assert main(["--data_root", str(coco_root), "--split", "val2014", "--workers", "1", "--no-progress"]) == 0
     ids = ["000000000009", "000000000139", "000000581929"]
     assert read_list(coco_root / "ImageSets" / "val2014.txt") == ids
@@ -425,7 +425,7 @@ def test_process_coco_labels(coco_root):
 
 def test_process_coco_class_file(tmp_path):
     from lib.datasets import COCO_CLASSES
-    from tools.process_coco import main
+    from tools.data.process_coco import main
     root = tmp_path / "coco"
     (root / "annotations").mkdir(parents=True)
     (root / "annotations" / "instances_val2017.json").write_text(json.dumps(coco_json(list(COCO_CLASSES))))
@@ -442,7 +442,7 @@ def test_process_coco_class_file(tmp_path):
 def test_process_coco_matches_pycocotools_annToMask(coco_root):
     """Whole-array check against a straightforward reference painter built on COCO.annToMask."""
     from pycocotools.coco import COCO
-    from tools.process_coco import main
+    from tools.data.process_coco import main
     main(["--data_root", str(coco_root), "--split", "val2014", "--workers", "2", "--no-progress"])
     import contextlib
     with contextlib.redirect_stdout(io.StringIO()):
@@ -459,7 +459,7 @@ def test_process_coco_matches_pycocotools_annToMask(coco_root):
 
 def test_process_coco_skips_existing_unless_overwrite(coco_root):
     from lib.io import save_label_png
-    from tools.process_coco import main
+    from tools.data.process_coco import main
     args = ["--data_root", str(coco_root), "--split", "val2014", "--workers", "1", "--no-progress"]
     main(args)
     png = coco_root / "SegmentationClass/val2014/000000000009.png"
@@ -471,7 +471,7 @@ def test_process_coco_skips_existing_unless_overwrite(coco_root):
 
 
 def test_process_coco_bad_input(coco_root):
-    from tools.process_coco import main
+    from tools.data.process_coco import main
     data = coco_json()
     data["annotations"].append({"id": 99, "image_id": 9, "category_id": 12, "segmentation": [[0, 0, 1, 0, 1, 1]]})
     bad = coco_root / "annotations" / "instances_bad.json"
@@ -554,7 +554,7 @@ def test_container_recipes_agree():
         assert name in sec, f"pytorch.def has no %{name}"
     assert re.search(r"^Bootstrap:\s*docker", sec["header"], re.M)
     base_def = re.search(r"^From:\s*(\S+)", sec["header"], re.M).group(1)
-    # the Dockerfile's base is a build argument (tools/container_check.sh swaps it); its default
+    # the Dockerfile's base is a build argument (tools/container/container_check.sh swaps it); its default
     assert re.search(r"^FROM\s+\$\{BASE_IMAGE\}\s*$", dock, re.M)
     base_dock = re.search(r"^ARG BASE_IMAGE=(\S+)", dock, re.M).group(1)
     assert base_def == base_dock and "ubuntu24.04" in base_def  # Python 3.12
@@ -562,7 +562,7 @@ def test_container_recipes_agree():
     assert "-r /opt/icam/requirements.txt" in sec["post"]
     assert re.search(r"^\s*requirements\.txt\s", sec["files"], re.M)
     assert _pip_installs(sec["post"]) == _pip_installs(dock) and len(_pip_installs(dock)) == 3
-    # torch from the CUDA 12.8 index unless TORCH_INDEX is set (only tools/container_check.sh does)
+    # torch from the CUDA 12.8 index unless TORCH_INDEX is set (only tools/container/container_check.sh does)
     assert '--index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cu128}"' in _pip_installs(dock)[1]
     assert _apt_packages(sec["post"]) == _apt_packages(dock)
     assert "build-essential" in _apt_packages(dock) and "python3-dev" in _apt_packages(dock)

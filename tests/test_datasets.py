@@ -11,7 +11,7 @@ from lib.datasets.classes import COCO_CLASSES, SYNTHETIC_CLASSES, VOC_CLASSES, g
 from lib.datasets.datasets import (ClassificationDataset, MultiScaleInferenceDataset,
                                    SegmentationDataset, collate_single)
 from lib.io import load_cls_labels, load_label_png, save_label_png
-from tools import make_cls_labels, make_synthetic_voc
+from tools.data import make_cls_labels, make_synthetic_voc
 
 SIZE = 64
 

@@ -34,8 +34,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory) -> Path:
     """4 train + 2 val synthetic images of 64 px with cls_labels.npz, generated in-process."""
-    from tools.make_cls_labels import main as make_cls_labels
-    from tools.make_synthetic_voc import generate
+    from tools.data.make_cls_labels import main as make_cls_labels
+    from tools.data.make_synthetic_voc import generate
 
     root = tmp_path_factory.mktemp("errors") / "voc"
     generate(root, 4, 2, 64, 0, False)

@@ -176,7 +176,7 @@ def test_one_pixel_and_bad_shapes():
 def test_bench_fsl_table(capsys):
     # The benchmark runs each case in a subprocess and reports the blocked loss next to the dense
     # one; both compute the same sum, so the reported relative difference is float32 rounding.
-    from tools import bench_fsl
+    from tools.bench import bench_fsl
 
     bench_fsl.main(["--sizes", "10", "--batch", "2", "--channels", "3", "--repeats", "1",
                     "--blocks", "0", "33"])

@@ -1,5 +1,5 @@
-"""The measured side of tools/gpu_check.sh on hand-made benchmark JSON: the goal lines
-(tools.gpu_goals), the measured time budget (tools.time_budget --bench), and bench_pipeline's
+"""The measured side of tools/bench/gpu_check.sh on hand-made benchmark JSON: the goal lines
+(tools.bench.gpu_goals), the measured time budget (tools.bench.time_budget --bench), and bench_pipeline's
 time boxes, peak reset and TF32 tolerance."""
 import json
 import sys
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lib.errors import UserError
-from tools import bench_pipeline as bp
-from tools import gpu_goals, time_budget as tb
+from tools.bench import bench_pipeline as bp
+from tools.bench import gpu_goals, time_budget as tb
 
 
 def _row(kind, stage, mode, ips, peak_gib=None, shape=None):
@@ -118,7 +118,7 @@ def test_goal_lines_without_measurements_say_not_measured(tmp_path, capsys):
 
 
 def test_time_fn_calls_on_warm_between_warmup_and_timed_runs():
-    from tools._bench import time_fn
+    from tools.bench._bench import time_fn
 
     calls = []
     time_fn(lambda: calls.append("run"), 2, torch.device("cpu"), warmup=1,
@@ -166,9 +166,9 @@ def test_run_boxed_counts_timed_phases_against_the_case_box(tmp_path, warm, time
 
 
 def test_profile_step_labels_the_real_training_step(tmp_path, capsys):
-    """tools.profile_step on the CPU: every labelled part of the stage-1 step is a row, the
+    """tools.bench.profile_step on the CPU: every labelled part of the stage-1 step is a row, the
     parts lie inside the step, and the files are written."""
-    from tools import profile_step
+    from tools.bench import profile_step
 
     md, js = tmp_path / "prof.md", tmp_path / "prof.json"
     assert profile_step.main(["--stages", "cam", "--device", "cpu", "--threads", "1",
@@ -190,7 +190,7 @@ def test_profile_step_labels_the_real_training_step(tmp_path, capsys):
 ])
 def test_ddp_backend_gloo_when_processes_share_a_gpu(monkeypatch, gpus, local_world, backend,
                                                      devices):
-    """lib.dist.setup_distributed's choice for the DDP smoke test of tools/gpu_check.sh
+    """lib.dist.setup_distributed's choice for the DDP smoke test of tools/bench/gpu_check.sh
     (CUDA mocked: which backend and which device each local rank gets)."""
     from lib import dist
 

@@ -215,8 +215,8 @@ def test_runner_interpreter_defaults_to_the_repository_venv(tmp_path, venv, expl
     """PYTHON unset: a runner uses the repository's .venv/bin/python when it exists (the system
     python usually lacks the requirements), else `python` from PATH; a set PYTHON always wins."""
     repo = tmp_path / "repo"
-    (repo / "tools").mkdir(parents=True)
-    for f in ("run_all_voc.sh", "tools/runner_args.sh", "tools/pipeline.sh"):
+    (repo / "tools" / "runner").mkdir(parents=True)
+    for f in ("run_all_voc.sh", "tools/runner/runner_args.sh", "tools/runner/pipeline.sh"):
         shutil.copy(ROOT / f, repo / f)
     stubs = {"venv": repo / ".venv" / "bin" / "python", "path": tmp_path / "bin" / "python",
              "explicit": tmp_path / "explicit" / "python"}

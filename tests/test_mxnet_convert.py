@@ -18,7 +18,7 @@ from lib.mxnet_params import (
     write_mxnet_params,
 )
 from lib.weights import load_checkpoint, load_imagenet_weights
-from tools.convert_mxnet_params import main as convert_main
+from tools.data.convert_mxnet_params import main as convert_main
 
 W16 = 1 / 16
 

@@ -1,4 +1,4 @@
-"""tools/pretrain_trunk.py: the corpus (categories, disjoint streams, no mask), determinism,
+"""tools/experiments/pretrain_trunk.py: the corpus (categories, disjoint streams, no mask), determinism,
 resume, and strict loading of the pretrained trunk into the three stages' networks."""
 import hashlib
 import json
@@ -14,8 +14,8 @@ from lib.datasets.classes import SYNTHETIC_CLASSES
 from lib.models import build_model
 from lib.training import load_backbone_weights
 from lib.weights import load_imagenet_weights
-from tools import make_synthetic_voc as msv
-from tools import pretrain_trunk as pt
+from tools.data import make_synthetic_voc as msv
+from tools.experiments import pretrain_trunk as pt
 
 WIDTH = 1 / 32
 FIXTURE_KEYS = Path(__file__).resolve().parents[2] / "shared/fixtures/resnet38d_w16_mxnet_expected.json"

@@ -284,7 +284,7 @@ def test_relative_paths_are_the_callers(tmp_path):
     env.update(EXPDIR="demo", DATA_ROOT="synth", DEMO_WEIGHTS="w.pth")
     r = subprocess.run(["bash", str(ROOT / "run_all_demo.sh")], cwd=work, env=env,
                        capture_output=True, text=True, timeout=120)
-    gen = module_call(tmp_path, "tools.make_synthetic_voc")
+    gen = module_call(tmp_path, "tools.data.make_synthetic_voc")
     assert gen[gen.index("--out") + 1] == str(work / "synth")
     assert (work / "demo/logs").is_dir()
 
@@ -343,16 +343,16 @@ def test_the_demo_refuses_a_foreign_data_root_without_labels(tmp_path):
     assert r.returncode == 2
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"DATA_ROOT {data} has no cls_labels.npz")
-    assert "tools.make_cls_labels" in err[0]
+    assert "tools.data.make_cls_labels" in err[0]
     assert [c for c in calls(tmp_path) if c[0] == "-m"] == [] and list(data.iterdir()) == [data / "JPEGImages"]
 
 
 def test_a_failing_data_step_of_the_demo_prints_its_reason(tmp_path):
     r = run_runner(tmp_path, "run_all_demo.sh", DATA_ROOT=str(tmp_path / "new"),
-                   FAKE_FAIL="tools.make_synthetic_voc")
+                   FAKE_FAIL="tools.data.make_synthetic_voc")
     assert r.returncode == 1
     assert "[FAIL] make_synthetic_voc (exit 2)" in r.stderr
-    assert "tools.make_synthetic_voc: error: failed on purpose" in r.stderr
+    assert "tools.data.make_synthetic_voc: error: failed on purpose" in r.stderr
 
 
 def test_a_copied_expdir_keeps_its_records(tmp_path):

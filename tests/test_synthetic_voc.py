@@ -1,4 +1,4 @@
-"""tools/make_synthetic_voc.py: layout, determinism, label PNGs, void band, XML consistency."""
+"""tools/data/make_synthetic_voc.py: layout, determinism, label PNGs, void band, XML consistency."""
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -9,7 +9,7 @@ from PIL import Image
 from lib.errors import UserError
 from lib.datasets.classes import SYNTHETIC_CLASSES
 from lib.io import load_label_png, read_list, voc_palette
-from tools import make_synthetic_voc as msv
+from tools.data import make_synthetic_voc as msv
 
 SIZE = 64
 
@@ -203,7 +203,7 @@ def test_objects_are_large_and_textured():
 
 
 # md5 of image + label bytes of demo images (seed 0, 96 px), recorded before render_sample was
-# split into compose_scene / object_shape / object_texture for tools.pretrain_trunk: the demo's
+# split into compose_scene / object_shape / object_texture for tools.experiments.pretrain_trunk: the demo's
 # dataset must not change when the generator's pieces are reused.
 DEMO_MD5 = {0: "81e896b04231a4d16f85a144fee30867", 1: "2b899b6c371b0cd03bd0acf126cfbfd9",
             7: "69903c74b9d9bc5719409e7dd479f06a"}

@@ -20,7 +20,7 @@ def cores(monkeypatch):
 
 
 @pytest.mark.parametrize("n, train, infer_loader, crf", [
-    (16, 8, 2, 14),   # a 16-core GPU box: 14 CRF workers, as tools.bench_crf measured best
+    (16, 8, 2, 14),   # a 16-core GPU box: 14 CRF workers, as tools.bench.bench_crf measured best
     (2, 1, 0, 2),     # the 2-core demo machine: the old defaults' CRF pool of 2
     (1, 0, 0, 1),     # one core: everything in the main process but one CRF worker
     (64, 8, 2, 62),

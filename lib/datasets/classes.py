@@ -32,7 +32,7 @@ COCO_CLASSES: tuple[str, ...] = (
     "teddy bear", "hair drier", "toothbrush",
 )
 
-# The synthetic VOC-layout set of tools/make_synthetic_voc.py (shape + texture per class).
+# The synthetic VOC-layout set of tools/data/make_synthetic_voc.py (shape + texture per class).
 SYNTHETIC_CLASSES: tuple[str, ...] = ("disc", "box", "triangle", "star", "ring")
 
 _BUILTIN = {"voc": VOC_CLASSES, "coco": COCO_CLASSES, "synthetic": SYNTHETIC_CLASSES}

@@ -5,7 +5,7 @@ VOC layout (VOC 2012 + SBD; also the synthetic set), ``root`` = the ``VOC2012`` 
     JPEGImages/<id>.jpg
     SegmentationClass/<id>.png        ground truth (falls back to SegmentationClassAug/<id>.png)
     ImageSets/Segmentation/<split>.txt
-    cls_labels.npz                    image-level labels (tools/make_cls_labels.py)
+    cls_labels.npz                    image-level labels (tools/data/make_cls_labels.py)
     classes.txt                       optional class-name override (lib.datasets.classes)
 
 COCO layout (written by the COCO data-prep tool), ``split`` like train2014 / val2017::

@@ -2,7 +2,7 @@
 one stage-3 (train_seg) step.
 
 The step is the scripts' own: ``stage1_cam.train_cam.stage1_loss`` / ``stage3_seg.train_seg.
-seg_loss`` (built by ``tools.bench_pipeline.train_case``), backward and the SGD step. Those
+seg_loss`` (built by ``tools.bench.bench_pipeline.train_case``), backward and the SGD step. Those
 functions carry ``torch.profiler.record_function`` labels (free outside a profiler), which are
 the rows of the summary:
 
@@ -17,8 +17,8 @@ rows (milliseconds and share of the step) and torch's ``key_averages`` table sor
 (CUDA) time on a GPU, by CPU time on the CPU, ``--row_limit`` rows. ``--markdown F`` writes both
 as markdown, ``--json F`` every row.
 
-    python -m tools.profile_step                                # CPU, tiny sizes, ~30 s
-    python -m tools.profile_step --preset paper --device cuda --mode bf16_cl --json prof.json
+    python -m tools.bench.profile_step                                # CPU, tiny sizes, ~30 s
+    python -m tools.bench.profile_step --preset paper --device cuda --mode bf16_cl --json prof.json
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def profile_stage(stage: str, width: float, crop: int, batch: int, mode: str,
     """(torch.profiler.profile of one step after ``warmup`` steps, label rows)."""
     from lib.models import disable_dropout
     from lib.optim import build_optimizer
-    from tools import bench_pipeline as bp
+    from tools.bench import bench_pipeline as bp
 
     model, loss_fn, images = bp.train_case(stage, width, crop, batch, device)
     m = bp.prepare(model, mode, device)
@@ -115,7 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "batch 8 (stage 1) / 10 (stage 3)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--mode", default=None, choices=["fp32", "fp32_cl", "bf16", "bf16_cl"],
-                   help="precision / layout (tools.bench_pipeline modes; default: bf16_cl on "
+                   help="precision / layout (tools.bench.bench_pipeline modes; default: bf16_cl on "
                         "CUDA, fp32 on the CPU)")
     p.add_argument("--warmup", type=int, default=1, help="unprofiled steps first")
     p.add_argument("--row_limit", type=int, default=25)
@@ -127,7 +127,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from tools.bench_pipeline import resolve_device
+    from tools.bench.bench_pipeline import resolve_device
 
     if args.warmup < 0 or args.row_limit < 1:
         raise UserError("--warmup must be >= 0 and --row_limit >= 1")

@@ -3,14 +3,14 @@
 One worker process runs ``dataset[i]`` serially, so a single-process loop over the items gives a
 worker's images/s. A training step of batch B at S images/s on the GPU needs
 ``ceil(S / worker images/s)`` workers to keep the GPU busy; with ``--pipeline_json`` (a
-``tools.bench_pipeline --json`` file) that count is printed per stage and mode.
+``tools.bench.bench_pipeline --json`` file) that count is printed per stage and mode.
 
 Images: a synthetic VOC-layout set of --size x --size JPEGs (quality 95; default 500, the long
 side of a VOC image, so a little more work than the 500x375 average), CRF maps for stage 2 made
 from its label maps, at the paper's settings (crop 448; stage 1 RandomResizeLong 448-768 and
 colour jitter; stage 2 crop 448; stage 3 the VOC config's scale 0.5-1.5, flip, HSV jitter).
 
-    python -m tools.bench_loader [--size 500] [--images 24] [--pipeline_json bench.json]
+    python -m tools.bench.bench_loader [--size 500] [--images 24] [--pipeline_json bench.json]
 """
 from __future__ import annotations
 
@@ -26,14 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from lib.errors import UserError, run_main
-from tools._bench import format_table
+from tools.bench._bench import format_table
 
 
 def make_data(root: Path, n: int, size: int):
     """(layout, ids, cls_labels, la_dir, ha_dir, label_dir) of a synthetic VOC-layout set."""
     from lib.datasets import get_layout
     from lib.io import channel_class_ids, load_cls_labels, save_crf
-    from tools import make_cls_labels, make_synthetic_voc
+    from tools.data import make_cls_labels, make_synthetic_voc
 
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), \
             contextlib.redirect_stderr(quiet):
@@ -59,7 +59,7 @@ def datasets(data, crop: int, seg_crop: int) -> dict:
     from lib.datasets import AffinityDataset, ClassificationDataset, SegmentationDataset
 
     layout, ids, cls_labels, la, ha, label_dir = data
-    cfg = load_config(Path(__file__).resolve().parents[1] / "voc" / "config_voc2012.py")
+    cfg = load_config(Path(__file__).resolve().parents[2] / "voc" / "config_voc2012.py")
     return {
         "cam": ClassificationDataset(layout, cls_labels, crop=crop, resize_long=(448, 768), ids=ids),
         "aff": AffinityDataset(layout, ids, la, ha, crop=crop),
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
                     help="stage 1/2 crop")
     ap.add_argument("--seg_crop", type=int, default=448, help="stage 3 crop (VOC config CROP)")
     ap.add_argument("--pipeline_json", default=None,
-                    help="tools.bench_pipeline --json output: workers needed per training mode")
+                    help="tools.bench.bench_pipeline --json output: workers needed per training mode")
     args = ap.parse_args(argv)
     if args.images < 2:
         raise UserError("--images must be >= 2")

@@ -1,4 +1,4 @@
-# The test stage of tools/container_check.sh: tools/container_selftest.sh run as a RUN step on top
+# The test stage of tools/container/container_check.sh: tools/container/container_selftest.sh run as a RUN step on top
 # of a built image (IMAGE), through that image's entry point (ENTRY, shell words).
 ARG IMAGE
 FROM ${IMAGE}

@@ -6,7 +6,7 @@ subprocess that only imports torch and builds the inputs; on CUDA torch.cuda.max
 minus the inputs. The dense loss needs several (N, HW, HW) matrices; a case whose estimate does
 not fit in the available memory is reported as skipped instead of being run.
 
-    python -m tools.bench_fsl [--sizes 56 112] [--batch 8] [--channels 21] [--repeats 2]
+    python -m tools.bench.bench_fsl [--sizes 56 112] [--batch 8] [--channels 21] [--repeats 2]
                               [--threads 1] [--device cpu] [--blocks 0 128 1024]
 
 ``--blocks`` times the blocked loss at several block sizes B (0 = the default for the device,
@@ -86,7 +86,7 @@ def _worker(mode: str, size: int, batch: int, channels: int, repeats: int, threa
 
 
 def _run_case(mode: str, size: int, args, block: int = 0) -> dict:
-    cmd = [sys.executable, "-m", "tools.bench_fsl", "--_worker", mode, "--sizes", str(size),
+    cmd = [sys.executable, "-m", "tools.bench.bench_fsl", "--_worker", mode, "--sizes", str(size),
            "--blocks", str(block),
            "--batch", str(args.batch), "--channels", str(args.channels), "--repeats", str(args.repeats),
            "--threads", str(args.threads), "--device", args.device]

@@ -17,8 +17,8 @@ interrupted ablation resumes where it stopped. At the end ``<out>/ablation.json`
 random walk and the final network, mean +- sample standard deviation over the seeds, and the
 per-class val IoU of each, mean over the seeds (which class a difference comes from).
 
-    python -m tools.ablate --out ablation --seeds 0 1 2          # about 15 runs of the demo
-    python -m tools.ablate --out ablation --table_only           # the table of what has finished
+    python -m tools.experiments.ablate --out ablation --seeds 0 1 2          # about 15 runs of the demo
+    python -m tools.experiments.ablate --out ablation --table_only           # the table of what has finished
 
 Other ``DEMO_*`` environment variables pass through to every run (e.g. ``DEMO_CAM_STEPS``).
 """
@@ -38,7 +38,7 @@ from lib.errors import RunError, UserError, run_main
 from lib.io import atomic_path
 from tools.collect_results import ROWS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 VARIANTS = {
     "gap": ("GAP baseline", "--loss_weight 0 --rv_pooling avg --no-fsl"),

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m tools.make_cls_labels --data_root DIR [--out FILE] [--list L ...] [--dataset voc]
+    python -m tools.data.make_cls_labels --data_root DIR [--out FILE] [--list L ...] [--dataset voc]
 
 For every image, label[c] = 1 when some ``annotation/object`` has a direct ``name`` child whose
 text (stripped) is class name c; part names (``object/part/name``: head, hand, foot) are not

@@ -7,7 +7,7 @@ mirrored download can never silently disagree with its own labels.
 
 Usage::
 
-    python -m tools.make_train_aug --data_root data/VOCdevkit/VOC2012 [--expect 10582]
+    python -m tools.data.make_train_aug --data_root data/VOCdevkit/VOC2012 [--expect 10582]
 """
 from __future__ import annotations
 

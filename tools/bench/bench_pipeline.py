@@ -43,8 +43,8 @@ Time boxes: ``--case_timeout`` bounds the timed part of one (kind, stage) in its
 process; the warm-up of each mode (building the case, the fp32 reference, the tolerance check
 and the first steps: cuDNN autotuning) has its own box, ``--warmup_timeout`` per mode.
 
-    python -m tools.bench_pipeline                       # CPU, demo width (0.125), ~1-2 min
-    python -m tools.bench_pipeline --preset paper --device cuda --json bench.json
+    python -m tools.bench.bench_pipeline                       # CPU, demo width (0.125), ~1-2 min
+    python -m tools.bench.bench_pipeline --preset paper --device cuda --json bench.json
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from lib.errors import UserError, run_main
 from lib.models import build_model, disable_dropout
 from lib.optim import build_optimizer
-from tools._bench import format_table, peak_bytes, reset_peak, time_fn, write_json
+from tools.bench._bench import format_table, peak_bytes, reset_peak, time_fn, write_json
 
 MODES = ("fp32", "fp32_cl", "bf16", "bf16_cl", "compile")
 STAGES = ("cam", "aff", "seg")
@@ -187,7 +187,7 @@ def train_case(stage: str, width: float, crop: int, batch: int, device: torch.de
         from lib.config import load_config
         from stage3_seg.train_seg import seg_loss
 
-        cfg = load_config(Path(__file__).resolve().parents[1] / "voc" / "config_voc2012.py")
+        cfg = load_config(Path(__file__).resolve().parents[2] / "voc" / "config_voc2012.py")
         model = build_model("deeplabv1", num_classes=NUM_CLASSES, width=width,
                             bn_momentum=cfg["BN_MOMENTUM"])
         label = block_labels(batch, crop, NUM_CLASSES, seed).to(device)
@@ -279,7 +279,7 @@ def infer_case(stage: str, width: float, size: tuple[int, int], device: torch.de
         from lib.config import load_config
         from stage3_seg.infer_seg import multiscale_flip_probs
 
-        cfg = load_config(Path(__file__).resolve().parents[1] / "voc" / "config_voc2012.py")
+        cfg = load_config(Path(__file__).resolve().parents[2] / "voc" / "config_voc2012.py")
         model = build_model("deeplabv1", num_classes=NUM_CLASSES, width=width)
 
         def run(m, mode):
@@ -409,11 +409,11 @@ def bench_in_child(kind: str, stage: str, modes, argv_base: list[str], timeout: 
     phase longer than ``warmup_timeout`` (:func:`run_boxed`), the remaining modes are n/a."""
     rows: list[dict] = []
     todo, retried = list(modes), set()
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     while todo:
         with tempfile.TemporaryDirectory() as tmp:
             events = Path(tmp) / "events.jsonl"
-            cmd = [sys.executable, "-m", "tools.bench_pipeline", *argv_base, "--stages", stage,
+            cmd = [sys.executable, "-m", "tools.bench.bench_pipeline", *argv_base, "--stages", stage,
                    "--kinds", kind, "--modes", *todo, "--child_events", str(events)]
             rc, out, over = run_boxed(cmd, events, timeout, warmup_timeout, root)
             if over:

@@ -77,7 +77,7 @@ read -r -a AFF_INFER_EXTRA <<< "${AFF_INFER_ARGS:-}"
 read -r -a SEG_TRAIN_EXTRA <<< "${SEG_TRAIN_ARGS:-}"
 read -r -a SEG_INFER_EXTRA <<< "${SEG_INFER_ARGS:-}"
 
-# Absolute paths (a relative one was the caller's, made absolute by tools/runner_args.sh; the
+# Absolute paths (a relative one was the caller's, made absolute by tools/runner/runner_args.sh; the
 # defaults are the repository's, the working directory here).
 EXPDIR=$(realpath -ms "$EXPDIR")
 DATA_ROOT=$(realpath -ms "$DATA_ROOT")

@@ -1,6 +1,6 @@
 """Benchmark of the evaluation toolkit: fast ``evaluate_dir`` path vs the slow loop reference.
 
-    python -m tools.bench_evaluate [--num 1000] [--eval_workers K] [--ref_num 50] [--seed 0]
+    python -m tools.bench.bench_evaluate [--num 1000] [--eval_workers K] [--ref_num 50] [--seed 0]
 
 Generates ``--num`` synthetic VOC-size (500x375) GT / prediction label PNG pairs in a temporary
 folder (random ellipses and boxes of a few of 20 classes; GT with 5-px void bands along object

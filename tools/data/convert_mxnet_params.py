@@ -1,6 +1,6 @@
 """Convert the MXNet ResNet-38 ImageNet weights to a torch state_dict (no MXNet needed).
 
-    python -m tools.convert_mxnet_params ilsvrc-cls_rna-a1_cls1000_ep-0001.params resnet38d.pth
+    python -m tools.data.convert_mxnet_params ilsvrc-cls_rna-a1_cls1000_ep-0001.params resnet38d.pth
 
 The output holds the trunk tensors under this project's names (``conv1a.weight``,
 ``b4_3.bn_branch2a.running_mean`` ...; the ImageNet classifier ``linear1000`` is dropped), is

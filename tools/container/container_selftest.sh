@@ -1,5 +1,5 @@
 #!/bin/sh
-# Run inside a built image by tools/container_check.sh (a RUN step of a test stage, since
+# Run inside a built image by tools/container/container_check.sh (a RUN step of a test stage, since
 # `podman run` cannot start containers in the sandbox this check was written on). ENTRY holds the
 # image's own entry point as shell words (from its config), so each check goes through the
 # image's argument logic and environment exactly as `docker run IMAGE ARGS` / `apptainer run

@@ -10,8 +10,8 @@ For each worker count W the same --images jobs go through the pool exactly as th
 submit them; images/s = images / wall seconds (pool start-up excluded, one warm-up job per
 worker first), speedup = vs W = 1. W = 0 is the serial reference in this process.
 
-    python -m tools.bench_crf --crf_workers 1 2            # ~1-2 min on 2 idle cores
-    python -m tools.bench_crf --crf_workers 1 2 4 8 14 --images 64    # a 16-core GPU box
+    python -m tools.bench.bench_crf --crf_workers 1 2            # ~1-2 min on 2 idle cores
+    python -m tools.bench.bench_crf --crf_workers 1 2 4 8 14 --images 64    # a 16-core GPU box
 
 The speedup is only meaningful on otherwise idle cores.
 """
@@ -26,7 +26,7 @@ import numpy as np
 
 from lib.errors import UserError, run_main
 from lib.pool import BoundedPool
-from tools._bench import format_table
+from tools.bench._bench import format_table
 
 CASES = ("stage1", "final")
 
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     if args.json:
         import torch
 
-        from tools._bench import write_json
+        from tools.bench._bench import write_json
 
         write_json(args.json, rows, torch.device("cpu"), size=args.size, classes=args.classes)
     return 0

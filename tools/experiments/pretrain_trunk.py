@@ -2,13 +2,13 @@
 
 Usage::
 
-    python -m tools.pretrain_trunk --out pretrained/synthetic_trunk_w0.125.pth \\
+    python -m tools.experiments.pretrain_trunk --out pretrained/synthetic_trunk_w0.125.pth \\
         --width 0.125 --size 96 --batch_size 32 --max_steps 2500 --threads 2 --num_workers 1
 
 The paper starts every network from a ResNet-38 pretrained on ImageNet classification. A laptop
 has no ImageNet, so this tool makes the project's own trunk the same way: image-level labels on a
 large, varied corpus, here drawn on the fly by the synthetic generator's machinery
-(``tools.make_synthetic_voc``: shapes, textures, cluttered backgrounds, distractors).
+(``tools.data.make_synthetic_voc``: shapes, textures, cluttered backgrounds, distractors).
 
 Corpus. ``CATEGORIES`` = every pair of the 8 shapes and 6 textures of the generator (48
 categories), each with a preferred hue (+-0.12, random saturation / value, so colour is a weak
@@ -73,7 +73,7 @@ from lib.cli import add_bool
 from lib.datasets.transforms import Normalize
 from lib.errors import RunError, UserError, run_main
 from lib.io import atomic_path
-from tools import make_synthetic_voc as msv
+from tools.data import make_synthetic_voc as msv
 
 TRAIN_TAG = 0x1CA3_7001   # leading constants of the pretraining seed sequences (see docstring)
 VAL_TAG = 0x1CA3_7002
@@ -374,7 +374,7 @@ def main(argv=None) -> int:
     res = evaluate(model, val_x, val_y, args.batch_size, args.loss)
     write_weights(out, trunk_state_dict(model, args.fp16))
     info = {
-        "command": "python -m tools.pretrain_trunk " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m tools.experiments.pretrain_trunk " + " ".join(sys.argv[1:] if argv is None else argv),
         "weights": out.name, "sha256": sha256(out), "bytes": out.stat().st_size,
         "dtype": "float16" if args.fp16 else "float32", "width": args.width, "size": args.size,
         "steps": args.max_steps, "batch_size": args.batch_size, "images_seen": args.max_steps * args.batch_size,

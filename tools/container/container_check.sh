@@ -6,11 +6,11 @@
 #   2. bootstraps a Debian bookworm minbase from the Debian mirror apt uses here (DEBIAN_MIRROR to
 #      override) and imports it as localhost/debian-base:bookworm, once (later runs reuse it);
 #   3. builds the Dockerfile with --build-arg BASE_IMAGE=<that base> TORCH_INDEX=<local>, and
-#      pytorch.def through tools/def_to_dockerfile.py (its sections run unchanged); pip inside the
+#      pytorch.def through tools/container/def_to_dockerfile.py (its sections run unchanged); pip inside the
 #      builds uses this machine's pip configuration (`pip config list`): its local wheel folders,
 #      indexes and constraints are mounted read-only and its CA bundle is used; TORCH_INDEX is the
 #      local index holding torch and torchvision (PyPI when there is none);
-#   4. runs tools/container_selftest.sh in each image through the image's own entry point (RUN
+#   4. runs tools/container/container_selftest.sh in each image through the image's own entry point (RUN
 #      steps of a test stage: `podman run` cannot set rlimits in some sandboxes): the import check,
 #      the default runner, a named runner, extra arguments, and a tiny run_all_demo.sh configured by
 #      environment variables, whose results table it prints;
@@ -19,7 +19,7 @@
 # Variables: DEBIAN_MIRROR, TORCH_INDEX, CONTAINER_CACHE (default /var/cache/icam-container: build
 # logs, the generated Dockerfile), NICE (default 10), MIN_FREE_GB (25).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ROOT=$PWD
 CACHE=${CONTAINER_CACHE:-/var/cache/icam-container}
 BASE=localhost/debian-base:bookworm
@@ -129,10 +129,10 @@ build() {  # TAG LOG ARGS... ; sets SECONDS_TAKEN
 size_mb() { podman image inspect --format '{{.Size}}' "$1" | awk '{ printf "%.0f", $1 / 1e6 }'; }
 
 # pytorch.def -> a Dockerfile with the same build steps
-$PY -m tools.def_to_dockerfile pytorch.def > "$CACHE/Dockerfile.def.tmp"
+$PY -m tools.container.def_to_dockerfile pytorch.def > "$CACHE/Dockerfile.def.tmp"
 mv "$CACHE/Dockerfile.def.tmp" "$CACHE/Dockerfile.def"
 testctx=$CACHE/test-context
-rm -rf "$testctx" && mkdir -p "$testctx" && cp tools/container_selftest.sh "$testctx/"
+rm -rf "$testctx" && mkdir -p "$testctx" && cp tools/container/container_selftest.sh "$testctx/"
 
 declare -A BUILD_S=() SIZE_MB=()
 for recipe in Dockerfile pytorch.def; do
@@ -152,7 +152,7 @@ for recipe in Dockerfile pytorch.def; do
   say "checks in $tag through its entry point: $words"
   t=$(now)
   if ! nice -n "$NICE" podman build --isolation chroot --no-cache -t "$tag-test" \
-      -f "$ROOT/tools/container_check.Dockerfile" --build-arg IMAGE="$tag" --build-arg ENTRY="$words" \
+      -f "$ROOT/tools/container/container_check.Dockerfile" --build-arg IMAGE="$tag" --build-arg ENTRY="$words" \
       "$testctx" 2>&1 | tee "$CACHE/test-${tag##*:}.log" | grep -v -E '^(STEP|COMMIT|-->|Getting image|Copying|Writing manifest|Storing|Successfully tagged|[0-9a-f]{64}$)'; then
     die "the checks failed in $tag (log: $CACHE/test-${tag##*:}.log)"
   fi

@@ -1,10 +1,10 @@
 """Wall time of every step of run_all_voc.sh (measured or estimated) and the disk of its
 artifact folders.
 
-Measured (``--bench DIR``, the output folder of tools/gpu_check.sh): every step's time comes
+Measured (``--bench DIR``, the output folder of tools/bench/gpu_check.sh): every step's time comes
 from the benchmark JSON files there and nothing else (:func:`measured_budget`): training
 images / the measured training images/s; inference the slower of the network (measured
-images/s) and the CRF pool (tools.bench_crf's measured images/s with the pool size ``auto``
+images/s) and the CRF pool (tools.bench.bench_crf's measured images/s with the pool size ``auto``
 gives, lib/workers.py). A step without its measurement is NOT MEASURED and so is the total;
 files not from CUDA at width 1.0 are refused. This is the table to quote.
 
@@ -17,19 +17,19 @@ Per step: images x per-image cost, where the network (GPU) and the CPU pool (CRF
 GPU cost per image: the network's FLOPs (forward + backward for training; every scale and flip
 for inference), counted exactly with ``torch.utils.flop_counter`` on the meta device
 (``--count_flops`` recounts them), divided by an effective throughput (--tflops_fp32,
---tflops_bf16: assumptions, not measurements); a ``tools.bench_pipeline --preset paper --json``
-file (--pipeline_json, e.g. from tools/gpu_check.sh) replaces the estimate with measured images/s.
-CPU cost per image: the dense CRF (tools.bench_crf: --crf_s for alpha 2 + 4, --final_crf_s for
-the 21-label test CRF), the random walk (--walk_s, tools.bench_random_walk), evaluation
-(--eval_ips, tools.bench_evaluate). Data loading is assumed to keep up (tools.bench_loader).
+--tflops_bf16: assumptions, not measurements); a ``tools.bench.bench_pipeline --preset paper --json``
+file (--pipeline_json, e.g. from tools/bench/gpu_check.sh) replaces the estimate with measured images/s.
+CPU cost per image: the dense CRF (tools.bench.bench_crf: --crf_s for alpha 2 + 4, --final_crf_s for
+the 21-label test CRF), the random walk (--walk_s, tools.bench.bench_random_walk), evaluation
+(--eval_ips, tools.bench.bench_evaluate). Data loading is assumed to keep up (tools.bench.bench_loader).
 
 Columns: "defaults" = run_all_voc.sh as shipped (fp32, --crf_workers auto: 14 in infer_cam and
 16 in infer_seg on 16 cores, lib/workers.py),
 "tuned" = bf16 (--amp) where the script has it and a CRF pool on every free core, both on one
 GPU with --cores CPU cores; "4 GPUs" = tuned with NPROC=4 and 4 x --cores cores.
 
-    python -m tools.time_budget --bench exp/gpu_check [--markdown]      # measured
-    python -m tools.time_budget [--pipeline_json F] [--markdown]           # estimate
+    python -m tools.bench.time_budget --bench exp/gpu_check [--markdown]      # measured
+    python -m tools.bench.time_budget [--pipeline_json F] [--markdown]           # estimate
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ import json
 from pathlib import Path
 
 from lib.errors import UserError, run_main
-from tools._bench import format_table
+from tools.bench._bench import format_table
 
 # VOC 2012 + SBD list sizes and the schedules of run_all_voc.sh (script / config defaults).
 N_TRAIN_AUG, N_VAL, N_TRAIN = 10582, 1449, 1464
@@ -148,7 +148,7 @@ def budget(args, measured: dict) -> list[dict]:
 
 
 # What each step of run_all_voc.sh runs: (step, images, bench_pipeline (kind, stage), CRF case
-# of tools.bench_crf or None, whether the CRF pool shares the cores with loaders: infer_cam's).
+# of tools.bench.bench_crf or None, whether the CRF pool shares the cores with loaders: infer_cam's).
 MEASURED_STEPS = (
     ("train_cam", STAGE12_IMAGES, ("train", "cam"), None, False),
     ("infer_cam_val", N_VAL, ("infer", "cam"), "stage1", True),
@@ -167,7 +167,7 @@ COLUMN_MODES = {"defaults_min": {"train": "fp32", "infer": "fp32", "infer_seg": 
 
 
 def load_bench(path: str | Path) -> tuple[list[dict], list[dict], dict]:
-    """(bench_pipeline rows, bench_crf rows, environment) of a tools/gpu_check.sh output folder
+    """(bench_pipeline rows, bench_crf rows, environment) of a tools/bench/gpu_check.sh output folder
     (bench_pipeline.json, bench_compile.json, bench_crf.json) or of one bench_pipeline JSON
     file (bench_crf.json beside it). Refuses files that are not measurements at the paper's
     width on CUDA: a CPU or demo-width run says nothing about a VOC run's time."""
@@ -175,7 +175,7 @@ def load_bench(path: str | Path) -> tuple[list[dict], list[dict], dict]:
     folder = path if path.is_dir() else path.parent
     main = path / "bench_pipeline.json" if path.is_dir() else path
     if not main.is_file():
-        raise UserError(f"{main}: no bench_pipeline JSON (run tools/gpu_check.sh on a GPU machine)")
+        raise UserError(f"{main}: no bench_pipeline JSON (run tools/bench/gpu_check.sh on a GPU machine)")
     try:
         data = json.loads(main.read_text())
         rows, env = list(data["rows"]), dict(data.get("environment", {}))
@@ -277,7 +277,7 @@ def markdown(rows: list[dict], columns) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", default=None,
-                    help="tools/gpu_check.sh output folder (or its bench_pipeline.json): the "
+                    help="tools/bench/gpu_check.sh output folder (or its bench_pipeline.json): the "
                          "measured table, from measurements only")
     ap.add_argument("--pipeline_json", default=None,
                     help="estimate mode: bench_pipeline JSON at width 1.0 replacing GPU estimates")
@@ -286,9 +286,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tflops_bf16", type=float, default=300.0,
                    help="assumed effective TFLOP/s of bf16 autocast + channels_last on one GPU")
     ap.add_argument("--crf_s", type=float, default=2.0,
-                    help="core-seconds of the alpha 2 + 4 CRF per image (tools.bench_crf)")
+                    help="core-seconds of the alpha 2 + 4 CRF per image (tools.bench.bench_crf)")
     ap.add_argument("--final_crf_s", type=float, default=1.8,
-                    help="core-seconds of the 21-label test CRF per image (tools.bench_crf)")
+                    help="core-seconds of the 21-label test CRF per image (tools.bench.bench_crf)")
     ap.add_argument("--walk_s", type=float, default=0.02,
                     help="seconds of the random walk per image in the main process (GPU dense)")
     ap.add_argument("--eval_ips", type=float, default=300.0, help="evaluation images/s per core")
@@ -314,7 +314,7 @@ def main(argv=None) -> int:
     cols = ("step", "images", "gpu_cost", "bound", "defaults_min", "tuned_min", "4gpu_min")
     dcols = ("folder", "files", "mb_per_file", "gb_float32", "gb_float16")
     print("ESTIMATE: assumed GPU throughputs, not measurements; the measured table is "
-          "`python -m tools.time_budget --bench exp/gpu_check` after tools/gpu_check.sh")
+          "`python -m tools.bench.time_budget --bench exp/gpu_check` after tools/bench/gpu_check.sh")
     print(fmt(rows, cols))
     print()
     print(fmt(disk(), dcols))

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m tools.make_synthetic_voc --out DIR --num_train N --num_val M --size S --seed K [--overwrite]
+    python -m tools.data.make_synthetic_voc --out DIR --num_train N --num_val M --size S --seed K [--overwrite]
 
 Written under ``DIR``::
 
@@ -66,7 +66,7 @@ from lib.errors import UserError, run_main
 from lib.io import atomic_path, save_label_png
 
 CLASS_HUES = {"disc": 0.0, "box": 0.62, "triangle": 0.33, "star": 0.14, "ring": 0.8}
-# Each demo class is one shape with one texture; tools.pretrain_trunk combines them more freely.
+# Each demo class is one shape with one texture; tools.experiments.pretrain_trunk combines them more freely.
 CLASS_TEXTURES = {"disc": "stripes", "box": "checker", "triangle": "dots", "star": "gradient",
                   "ring": "blotchy"}
 SHAPES = ("disc", "box", "triangle", "star", "ring", "hexagon", "cross", "crescent")
@@ -207,7 +207,7 @@ def object_shape(name: str, rng: np.random.Generator, size: int, centred: bool =
     """A random shape of kind ``name`` (one of :data:`SHAPES`) with extent ``size_range`` x size.
 
     The demo classes use the first five kinds; hexagon, cross and crescent exist for the
-    pretraining corpus (tools.pretrain_trunk).
+    pretraining corpus (tools.experiments.pretrain_trunk).
     """
     d = rng.uniform(*size_range) * size                  # extent across the object
     cx, cy = rng.uniform(0.1, 0.9, 2) * size
@@ -515,7 +515,7 @@ def voc_xml(image_id: str, size: int, objects: list[dict]) -> str:
     ET.SubElement(root, "filename").text = f"{image_id}.jpg"
     src = ET.SubElement(root, "source")
     ET.SubElement(src, "database").text = "Synthetic ICAM shapes"
-    ET.SubElement(src, "annotation").text = "tools/make_synthetic_voc.py"
+    ET.SubElement(src, "annotation").text = "tools/data/make_synthetic_voc.py"
     ET.SubElement(src, "image").text = "synthetic"
     sz = ET.SubElement(root, "size")
     for tag, val in (("width", size), ("height", size), ("depth", 3)):

@@ -20,7 +20,7 @@ The images themselves are not read; they are expected (by the dataset readers) a
 
 Usage::
 
-    python -m tools.process_coco --data_root data/coco --split train2014 val2014 --workers 8
+    python -m tools.data.process_coco --data_root data/coco --split train2014 val2014 --workers 8
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 # Settings are environment variables, so the only argument is -h/--help (the runner's header and
 # the pipeline's variables, exit 0); anything else is an error (exit 2) before any work starts.
 # Also picks the interpreter: PYTHON when set, else the repository's .venv (`make venv`) when it
-# exists, else `python` (tools/pipeline.sh); a system python without the requirements would fail
+# exists, else `python` (tools/runner/pipeline.sh); a system python without the requirements would fail
 # at the first step with "No module named ...".
 CALLER_DIR=$PWD
 RUNNER_CMD="bash $(basename "$0") from $CALLER_DIR"
@@ -21,8 +21,8 @@ cd "$(dirname "$0")"
 if [ $# -gt 0 ]; then
   case $1 in
     -h|--help)
-      # The comment block under the shebang of the runner, then that of tools/pipeline.sh.
-      for f in "$(basename "$0")" tools/pipeline.sh; do
+      # The comment block under the shebang of the runner, then that of tools/runner/pipeline.sh.
+      for f in "$(basename "$0")" tools/runner/pipeline.sh; do
         awk 'NR == 1 && /^#!/ { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$f"
         echo
       done

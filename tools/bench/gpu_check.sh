@@ -8,29 +8,29 @@
 #   2. the GPU-relevant tests: tests/test_cuda.py (bf16 vs fp32 on CUDA, the random walk on the
 #      GPU vs the CPU, a DDP smoke test of 2 processes: NCCL with 2+ GPUs, gloo on one),
 #      tests/test_bench.py, tests/test_gpu_check.py
-#   3. tools.bench_pipeline at the paper's sizes (width 1.0; stage 1 and 2 crop 448 batch 8;
+#   3. tools.bench.bench_pipeline at the paper's sizes (width 1.0; stage 1 and 2 crop 448 batch 8;
 #      stage 3 crop 448 batch 10 = voc/config_voc2012.py; inference at 375x500), modes fp32,
 #      bf16, bf16 + channels_last (peak memory after warm-up), and torch.compile for stage-1
 #      training (last)
-#   4. tools.profile_step: where a stage-1 and a stage-3 training step spend their time
-#   5. tools.bench_crf (the CRF pool with 1, 2 and the `auto` workers of the machine's real
-#      cores, lib/workers.py), tools.bench_random_walk on the GPU and tools.bench_fsl (the FSL tile size)
-# and prints the tables, a summary, and one line per performance goal (tools.gpu_goals):
+#   4. tools.bench.profile_step: where a stage-1 and a stage-3 training step spend their time
+#   5. tools.bench.bench_crf (the CRF pool with 1, 2 and the `auto` workers of the machine's real
+#      cores, lib/workers.py), tools.bench.bench_random_walk on the GPU and tools.bench.bench_fsl (the FSL tile size)
+# and prints the tables, a summary, and one line per performance goal (tools.bench.gpu_goals):
 #   goal: <text>: measured X vs goal Y: PASS | FAIL | NOT MEASURED
 # Every part has its own time box; a part that runs out of time is reported and the script
 # goes on. Without CUDA (or with GPU_CHECK_CPU=1) it runs the same parts at tiny sizes on the
 # CPU in a few minutes (to know the script works; every goal is then NOT MEASURED).
 #
-#   bash tools/gpu_check.sh                            # from the repository root or anywhere
-#   PYTHON=python3 bash tools/gpu_check.sh             # an existing interpreter, no installs
-#   GPU_CHECK_CPU=1 bash tools/gpu_check.sh            # reduced CPU mode
+#   bash tools/bench/gpu_check.sh                            # from the repository root or anywhere
+#   PYTHON=python3 bash tools/bench/gpu_check.sh             # an existing interpreter, no installs
+#   GPU_CHECK_CPU=1 bash tools/bench/gpu_check.sh            # reduced CPU mode
 #
 # Environment: PYTHON (an interpreter with the requirements; default: .venv via make venv),
 # GPU_CHECK_BUDGET (seconds, default 480), GPU_CHECK_OUT (default exp/gpu_check/): the
 # benchmark JSON files and the logs of every part go there; GPU_CHECK_WHEELS (default: the
 # first of shared/wheels and wheels/ that exists): pydensecrf2-*.tar.gz / pycocotools-*.whl.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 T0=$SECONDS
 BUDGET=${GPU_CHECK_BUDGET:-480}
 OUT=${GPU_CHECK_OUT:-exp/gpu_check}
@@ -140,7 +140,7 @@ else
          --warmup_timeout 90)
   COMPILE_BOX=0
 fi
-RESERVE=120 part bench_pipeline 240 "$PY" -m tools.bench_pipeline "${BENCH[@]}" \
+RESERVE=120 part bench_pipeline 240 "$PY" -m tools.bench.bench_pipeline "${BENCH[@]}" \
   --modes fp32 bf16 bf16_cl --json "$OUT/bench_pipeline.json"
 
 # 4. the profiler table of a stage-1 and a stage-3 step ------------------------------------------
@@ -149,7 +149,7 @@ if [ $MODE = gpu ]; then
 else
   PROF=(--preset tiny --device cpu --mode fp32)
 fi
-RESERVE=90 part profile_step 60 "$PY" -m tools.profile_step "${PROF[@]}" --row_limit 20 \
+RESERVE=90 part profile_step 60 "$PY" -m tools.bench.profile_step "${PROF[@]}" --row_limit 20 \
   --markdown "$OUT/profile_step.md" --json "$OUT/profile_step.json"
 
 # 5. CPU-bound steps -----------------------------------------------------------------------------
@@ -157,28 +157,28 @@ if [ $HAVE_CRF = 0 ]; then
   STATUS+=("bench_crf: SKIP (no pydensecrf)")
 elif [ $MODE = gpu ]; then
   W=$CRF_AUTO; WS=(1 2); [ "$W" -gt 2 ] && WS+=("$W")
-  RESERVE=60 part bench_crf 70 "$PY" -m tools.bench_crf --crf_workers "${WS[@]}" \
+  RESERVE=60 part bench_crf 70 "$PY" -m tools.bench.bench_crf --crf_workers "${WS[@]}" \
     --images $((2 * W > 8 ? 2 * W : 8)) --cases stage1 final --json "$OUT/bench_crf.json"
 else
-  RESERVE=60 part bench_crf 60 "$PY" -m tools.bench_crf --crf_workers 1 2 --images 2 \
+  RESERVE=60 part bench_crf 60 "$PY" -m tools.bench.bench_crf --crf_workers 1 2 --images 2 \
     --size 120 160 --cases stage1 --json "$OUT/bench_crf.json"
 fi
 if [ $MODE = gpu ]; then
-  RESERVE=50 part bench_random_walk 30 "$PY" -m tools.bench_random_walk --device cuda --repeats 3
+  RESERVE=50 part bench_random_walk 30 "$PY" -m tools.bench.bench_random_walk --device cuda --repeats 3
 else
-  RESERVE=50 part bench_random_walk 30 "$PY" -m tools.bench_random_walk --device cpu --repeats 1 \
+  RESERVE=50 part bench_random_walk 30 "$PY" -m tools.bench.bench_random_walk --device cpu --repeats 1 \
     --height 24 --width 32 --dim 64 --channels 3
 fi
 # the FSL's tile size B: the CUDA default (2^25 entries, B = 2048 at batch 8) is chosen by this table
 if [ $MODE = gpu ]; then
-  RESERVE=40 part bench_fsl 40 "$PY" -m tools.bench_fsl --device cuda --sizes 56 --repeats 3 \
+  RESERVE=40 part bench_fsl 40 "$PY" -m tools.bench.bench_fsl --device cuda --sizes 56 --repeats 3 \
     --blocks 0 512 1024 3136
 else
-  RESERVE=40 part bench_fsl 30 "$PY" -m tools.bench_fsl --device cpu --sizes 16 --batch 2 --repeats 1 \
+  RESERVE=40 part bench_fsl 30 "$PY" -m tools.bench.bench_fsl --device cpu --sizes 16 --batch 2 --repeats 1 \
     --blocks 0 64
 fi
 if [ "$COMPILE_BOX" -gt 0 ]; then  # last: a slow compile costs only itself
-  RESERVE=5 part bench_compile "$COMPILE_BOX" "$PY" -m tools.bench_pipeline "${BENCH[@]}" \
+  RESERVE=5 part bench_compile "$COMPILE_BOX" "$PY" -m tools.bench.bench_pipeline "${BENCH[@]}" \
     --stages cam --kinds train --modes fp32 compile --compile_timeout $((COMPILE_BOX - 30)) \
     --json "$OUT/bench_compile.json"
 fi
@@ -216,10 +216,10 @@ bad = [f"{r['kind']}/{r['stage']}/{r['mode']}" for r in rows if r.get("check") =
 print("tolerance checks: " + ("all passed" if not bad else "FAILED " + ", ".join(bad)))
 EOF
 if [ $MODE = gpu ] && [ -s "$OUT/bench_pipeline.json" ]; then
-  echo; "$PY" -m tools.time_budget --bench "$OUT" --cores "$CPUS" --markdown | sed -n '1,14p'
+  echo; "$PY" -m tools.bench.time_budget --bench "$OUT" --cores "$CPUS" --markdown | sed -n '1,14p'
 fi
 echo
-"$PY" -m tools.gpu_goals "$OUT" --cores "$CPUS"
+"$PY" -m tools.bench.gpu_goals "$OUT" --cores "$CPUS"
 for s in "${STATUS[@]}"; do
   case $s in *FAIL*) exit 1 ;; esac
 done

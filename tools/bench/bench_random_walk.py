@@ -6,7 +6,7 @@ present classes, the common case: the walk only needs the present classes). Two 
 "full" = features (D, h, w) -> walked CAMs (pair affinities + matrix + walk), "walk" = from the
 (P,) pair affinities (what remains when the network already returns affinities).
 
-    python -m tools.bench_random_walk [--threads 2] [--repeats 5] [--device cpu]
+    python -m tools.bench.bench_random_walk [--threads 2] [--repeats 5] [--device cpu]
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from lib.affinity import pair_affinity
 from lib.errors import check_args, run_main
 from lib.random_walk import random_walk
-from tools._bench import time_fn
+from tools.bench._bench import time_fn
 
 
 def main(argv=None) -> None:

@@ -1,6 +1,6 @@
 """Translate an Apptainer/Singularity definition file (pytorch.def) into a Dockerfile that builds
 the image `apptainer build` would build, so that a machine with podman/docker but no apptainer
-can build and run the recipe (tools/container_check.sh).
+can build and run the recipe (tools/container/container_check.sh).
 
 Nothing of the recipe is rewritten: the texts of %files, %post, %environment, %runscript and %test
 go into the image byte for byte (base64 in the Dockerfile, so no quoting can alter them) and run
@@ -22,7 +22,7 @@ spython (PyPI) is not used: it splits %post into one RUN per line (``set -eu`` a
 are lost), ADDs ``lib /opt/icam/`` as the folder's contents, and echoes the runscript through a
 shell that expands ``$1`` and ``$#`` at build time.
 
-    python -m tools.def_to_dockerfile pytorch.def -o Dockerfile.def
+    python -m tools.container.def_to_dockerfile pytorch.def -o Dockerfile.def
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def to_dockerfile(text: str, path: str = "pytorch.def") -> str:
     base = header_field(sec["header"], "From")
     if not base:
         raise UserError(f"{path}: the header has no 'From:'")
-    out = [f"# Generated from {Path(path).name} by tools/def_to_dockerfile.py; do not edit.",
+    out = [f"# Generated from {Path(path).name} by tools/container/def_to_dockerfile.py; do not edit.",
            f"ARG BASE_IMAGE={base}", "FROM ${BASE_IMAGE}"]
     for line in sec.get("labels", "").splitlines():
         tok = line.split(None, 1)

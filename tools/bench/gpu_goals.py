@@ -1,9 +1,9 @@
-"""The goal lines of tools/gpu_check.sh: each performance goal of a GPU machine against what the check measured.
+"""The goal lines of tools/bench/gpu_check.sh: each performance goal of a GPU machine against what the check measured.
 
-    python -m tools.gpu_goals exp/gpu_check [--cores N]
+    python -m tools.bench.gpu_goals exp/gpu_check [--cores N]
 
 reads the check's output folder (bench_pipeline.json, bench_compile.json, bench_crf.json, via
-``tools.time_budget.load_bench``) and prints one line per goal:
+``tools.bench.time_budget.load_bench``) and prints one line per goal:
 
     goal: <text>: measured <X> vs goal <Y>: PASS | FAIL | NOT MEASURED
 
@@ -16,7 +16,7 @@ at the paper's sizes (a CPU run of the check measures nothing about these goals)
 * infer_cam with its defaults (fp32 network, ``auto`` CRF pool): >= 12 img/s, i.e. the slower
   of the network's measured rate and the measured CRF pool's;
 * run_all_voc.sh with the defaults on one GPU, budgeted from measurements
-  (``tools.time_budget.measured_budget``): <= 75 min;
+  (``tools.bench.time_budget.measured_budget``): <= 75 min;
 * peak GPU memory per stage at the paper's batch known, and the batch trainable on a 24 GB card
   (the largest stage's peak in its leanest measured mode <= 24 GB).
 """
@@ -39,7 +39,7 @@ def _line(text: str, measured: str | None, goal: str, ok: bool | None) -> str:
 def goal_lines(rows: list[dict], crf_rows: list[dict], cores: int) -> list[str]:
     """One line per goal from bench_pipeline rows (CUDA, width 1.0) and bench_crf rows."""
     from lib.workers import split_cores
-    from tools.time_budget import crf_rate, measured_budget
+    from tools.bench.time_budget import crf_rate, measured_budget
 
     def ips(kind, stage, mode, paper=True):
         r = next((r for r in rows if (r["kind"], r["stage"], r["mode"]) == (kind, stage, mode)
@@ -96,12 +96,12 @@ def goal_lines(rows: list[dict], crf_rows: list[dict], cores: int) -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("folder", help="tools/gpu_check.sh output folder (GPU_CHECK_OUT)")
+    ap.add_argument("folder", help="tools/bench/gpu_check.sh output folder (GPU_CHECK_OUT)")
     ap.add_argument("--cores", type=int, default=None,
                     help="CPU cores of the run (default: this process's affinity mask)")
     args = ap.parse_args(argv)
     from lib.workers import available_cores
-    from tools.time_budget import load_bench
+    from tools.bench.time_budget import load_bench
 
     cores = args.cores or available_cores()
     try:
