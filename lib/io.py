@@ -234,10 +234,13 @@ def load_label_png(path) -> np.ndarray:
         raise UserError(f"{path}: cannot read label PNG ({e})") from e
 
 
-def read_list(path) -> list[str]:
-    """Image ids of a list file: first whitespace token of each non-empty line, extension stripped.
+def read_list(path, id_of=None) -> list[str]:
+    """Image ids of a list file: first whitespace token of each non-empty line, extension stripped
+    (then mapped by ``id_of``, e.g. COCO's zero-padding, when given).
 
-    A missing, unreadable or empty list is a ``UserError`` naming the file.
+    A missing, unreadable or empty list, or an id listed twice (it would be trained on or scored
+    twice), is a ``UserError`` naming the file, e.g.
+    ``val.txt: image id '2007_000032' is listed twice (lines 3 and 17)``.
     """
     path = Path(path)
     if not path.is_file():
@@ -246,14 +249,20 @@ def read_list(path) -> list[str]:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read the image list ({e})") from e
-    ids = []
-    for line in text.splitlines():
+    line_of: dict[str, int] = {}
+    for n, line in enumerate(text.splitlines(), 1):
         tok = line.strip().split()
-        if tok:
-            ids.append(Path(tok[0]).stem)
-    if not ids:
+        if not tok:
+            continue
+        iid = Path(tok[0]).stem
+        iid = id_of(iid) if id_of is not None else iid
+        if iid in line_of:
+            raise UserError(f"{path}: image id {iid!r} is listed twice (lines {line_of[iid]} and "
+                            f"{n}); remove the repeated line")
+        line_of[iid] = n
+    if not line_of:
         raise UserError(f"{path}: the image list is empty")
-    return ids
+    return list(line_of)
 
 
 def save_cls_labels(path, ids, labels, class_names) -> None:

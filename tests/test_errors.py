@@ -229,6 +229,32 @@ def test_read_list_empty_or_missing(tmp_path):
         read_list(tmp_path / "nope.txt")
 
 
+def test_read_list_refuses_a_repeated_id_naming_both_lines(tmp_path):
+    # the first repeat found is reported: 'b' (lines 2 and 5), although 'a' repeats too (line 6)
+    (tmp_path / "val.txt").write_text("a\nb x.png\n\nc\nJPEGImages/b.jpg\na\n")
+    with pytest.raises(UserError) as e:
+        read_list(tmp_path / "val.txt")
+    assert str(e.value) == (f"{tmp_path}/val.txt: image id 'b' is listed twice (lines 2 and 5); "
+                            f"remove the repeated line")
+    (tmp_path / "ok.txt").write_text("b\na\nc\n")
+    assert read_list(tmp_path / "ok.txt") == ["b", "a", "c"]  # list order kept
+
+
+def test_evaluate_refuses_a_list_with_a_repeated_id(capsys, tmp_path):
+    """A repeated id would be counted twice and shift the scores; one line, nothing scored."""
+    from lib.evaluation import evaluate_dir
+    from tools.evaluate import main
+
+    argv = cam_eval_setup(tmp_path, 0.5)
+    (tmp_path / "list.txt").write_text("a\nb\na\n")
+    line = fail(capsys, main, "evaluate", argv)
+    assert line == (f"evaluate: error: {tmp_path}/list.txt: image id 'a' is listed twice "
+                    f"(lines 1 and 3); remove the repeated line")
+    with pytest.raises(UserError, match="image id 'b' is given twice"):
+        evaluate_dir(tmp_path / "pred", tmp_path / "gt", ["a", "b", "b"], 2, "cam", workers=1,
+                     progress=False)
+
+
 # --------------------------------------------------------------------------- config ranges
 
 BAD_VALUES = {  # one out-of-range value per key of lib.config.RANGES

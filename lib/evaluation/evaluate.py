@@ -224,6 +224,11 @@ def accumulate_counts(pred_dir, gt_dir, ids, num_classes: int, pred_type: str = 
     ids = [str(i) for i in ids]
     if not ids:
         raise UserError("no image ids to evaluate (empty list)")
+    seen: set[str] = set()
+    for i in ids:  # a repeated id would be scored twice (read_list refuses it in a list file)
+        if i in seen:
+            raise UserError(f"image id {i!r} is given twice; each image must be scored once")
+        seen.add(i)
     _check_args(pred_type, num_classes, bg_threshold, bg_sweep)
     _check_files_exist(pred_dir, gt_dir, ids, pred_type)
     n = int(num_classes)
