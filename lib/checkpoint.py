@@ -9,7 +9,9 @@
 * ``read_verified(path)`` returns the file's bytes after checking them against the sidecar
   when one exists (a released checkpoint, e.g. the authors', has none and loads unverified);
   a mismatch is a :class:`CheckpointError` (a :class:`lib.errors.UserError`) naming the file.
-* ``load_verified(path)`` = ``torch.load(..., weights_only=True)`` of those bytes.
+* ``load_verified(path)`` = ``torch.load(..., weights_only=True)`` of those bytes; a file that
+  is not a checkpoint (truncated, an HTML page, MXNet weights under a .pth name, random bytes)
+  is one :class:`CheckpointError` saying what it is (``lib.io.unreadable``).
 * ``check_fits(state, model_state, path)`` names every key and shape that does not fit.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 
 from lib.errors import UserError
-from lib.io import atomic_path
+from lib.io import atomic_path, sniff_file, unreadable
 
 SIDECAR_SUFFIX = ".sha256"
 # The classifiers of the CAM network and DeepLab-v1: (classes, channels, 1, 1).
@@ -84,14 +86,28 @@ def read_verified(path: str | os.PathLike) -> bytes:
     return data
 
 
+def weights_mixup_hint(path: str | os.PathLike, expected: str) -> str:
+    """A hint for a weights file in the other framework's format (``expected``: 'torch' or
+    'mxnet'), or in neither; '' when the format says nothing more."""
+    kind = sniff_file(path)
+    if kind == "mxnet" and expected == "torch":
+        return "MXNet weights are read from a file named *.params"
+    if kind in ("zip", "pickle") and expected == "mxnet":
+        return "a torch checkpoint is read from a file named *.pth"
+    if kind is None:
+        return "neither a torch nor an MXNet weights file"
+    return ""
+
+
 def load_verified(path: str | os.PathLike):
     """``torch.load(weights_only=True, map_location='cpu')`` of the verified bytes of ``path``."""
     data = read_verified(path)
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError/UnpicklingError/EOFError
-        msg = " ".join(str(e).split())[:300]
-        raise CheckpointError(f"{path}: not a readable weights_only checkpoint ({msg})") from e
+        err = unreadable(path, "torch checkpoint", ("zip", "pickle"), e,
+                         hint=weights_mixup_hint(path, "torch"))
+        raise CheckpointError(str(err)) from e
 
 
 def check_fits(state: dict, model_state: dict, path: str | os.PathLike, what: str = "model") -> None:

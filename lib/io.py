@@ -13,11 +13,17 @@ Artifact formats (no pickle anywhere; every ``np.load`` uses ``allow_pickle=Fals
   refuse non-finite maps with a ``RunError``, so inference never writes them.
 * **Label PNG** ``<id>.png``: 8-bit palette PNG (VOC palette), pixel value = class id
   (0 background, k+1 foreground class k, 255 void).
+* Every reader turns a file it cannot parse into one ``UserError`` naming the file and what it
+  is instead (:func:`unreadable`): empty, truncated (an interrupted write or copy), an HTML page,
+  another format, damaged.
+* A name starting with ``.`` is never an artifact: :func:`atomic_path` writes under such a
+  temporary name, which a killed process can leave behind (:func:`list_artifacts` skips them).
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import tempfile
 from pathlib import Path
 
@@ -52,13 +58,147 @@ def atomic_path(path: str | os.PathLike):
             os.remove(tmp)
 
 
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a hidden name: an :func:`atomic_path` temporary (``.<stem>.<random>.tmp
+    <suffix>``, left behind when a writer was killed) or another hidden file (macOS ``._*``)."""
+    return Path(path).name.startswith(".")
+
+
+def list_artifacts(folder: str | os.PathLike, suffix: str) -> list[Path]:
+    """The finished artifacts ``<folder>/*<suffix>``, sorted; temporary and hidden files skipped."""
+    return sorted(p for p in Path(folder).glob(f"*{suffix}") if not is_temporary(p) and p.is_file())
+
+
+# ----------------------------------------------------------------------------- unreadable files
+
+# Leading bytes of the formats a reader may meet instead of the one it expects.
+_SIGNATURES = (
+    (b"PK\x03\x04", "zip"), (b"PK\x05\x06", "zip"), (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"), (struct.pack("<Q", 0x112), "mxnet"), (b"\x93NUMPY", "npy"),
+    (b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"GIF8", "gif"),
+    (b"%PDF", "pdf"),
+)
+_FORMAT_NAMES = {
+    "zip": "a zip archive (.npz / torch .pth)", "png": "a PNG image", "jpeg": "a JPEG image",
+    "mxnet": "an MXNet .params file", "npy": "a .npy array", "gzip": "a gzip file",
+    "bzip2": "a bzip2 file", "xz": "an xz file", "gif": "a GIF image", "pdf": "a PDF document",
+    "tar": "a tar archive", "pickle": "a Python pickle (an old-style torch file?)",
+}
+_ZIP_END = b"PK\x05\x06"       # end-of-central-directory record, within the last 64 KiB + 22 bytes
+_PNG_END = b"IEND\xaeB`\x82"   # the IEND chunk's type and CRC end every PNG
+_TAIL = 65536 + 22
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The format key (``_FORMAT_NAMES``, or ``'html'`` / ``'text'``) the leading bytes ``head``
+    (the first KiB or more) show, or None for unrecognised binary data."""
+    for sig, kind in _SIGNATURES:
+        if head.startswith(sig):
+            return kind
+    if len(head) > 262 and head[257:262] == b"ustar":
+        return "tar"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    lowered = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if lowered.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or \
+            (lowered.startswith(b"<") and b"<html" in lowered):
+        return "html"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:  # a multi-byte character cut by the head's end is still text
+        text = head[:e.start].decode("utf-8") if e.start >= len(head) - 3 and e.start else None
+    if text is not None and text and sum(c.isprintable() or c in "\t\r\n" for c in text) >= 0.95 * len(text):
+        return "text"
+    return None
+
+
+def sniff_file(path: str | os.PathLike) -> str | None:
+    """:func:`sniff_format` of the first 4 KiB of ``path`` (None also when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return sniff_format(f.read(4096))
+    except OSError:
+        return None
+
+
+_END_MARKERS = {"zip": "the zip archive's end record", "png": "the PNG end chunk",
+                "jpeg": "the JPEG end marker"}
+
+
+def _complete(kind: str, tail: bytes) -> bool:
+    """Whether a file of format ``kind`` has its end marker (False: it was cut short)."""
+    if kind == "zip":  # the 22-byte end record (+ its comment) must be there in full
+        at = tail.rfind(_ZIP_END)
+        return at >= 0 and len(tail) - at >= 22 and \
+            len(tail) - at >= 22 + int.from_bytes(tail[at + 20:at + 22], "little")
+    if kind == "png":
+        return _PNG_END in tail[-16:]
+    if kind == "jpeg":
+        return tail.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
+    return True
+
+
+def _short_reason(reason) -> str:
+    """The informative line of an exception's (often multi-line) message, at most ~160 chars."""
+    text = str(reason) if reason is not None else ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:  # torch's weights_only refusal: the line naming the refused object
+        if "Unsupported global" in ln or "Unsupported operand" in ln:
+            return ln[:160]
+    out = lines[0] if lines else (type(reason).__name__ if isinstance(reason, BaseException) else "")
+    return out[:160] + ("..." if len(out) > 160 else "")
+
+
+def describe_unreadable(path: str | os.PathLike, formats: tuple[str, ...], reason=None) -> str:
+    """What is wrong with ``path``, which failed to parse as one of ``formats`` (keys of
+    ``_FORMAT_NAMES``): ``empty file (0 bytes)``; ``truncated: ...``; ``the file is an HTML page
+    ...``; ``the file is a PNG image``; ``damaged (<reason>)``; ``unrecognised content ...``."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4096)
+            f.seek(max(0, size - _TAIL))
+            tail = f.read()
+    except OSError as e:
+        return f"cannot open it ({e.strerror or e})"
+    if size == 0:
+        return "empty file (0 bytes)"
+    kind = sniff_format(head)
+    if kind in formats:
+        if not _complete(kind, tail):
+            return (f"truncated ({size} bytes, {_END_MARKERS[kind]} is missing: an interrupted "
+                    f"write or copy)")
+        if reason is not None and "Weights only load failed" in str(reason):
+            return f"it holds Python objects that weights_only=True refuses ({_short_reason(reason)})"
+        return f"damaged ({_short_reason(reason)})" if reason is not None else "damaged"
+    if kind == "html":
+        return "the file is an HTML page (a saved web page or a server's error page?)"
+    if kind == "text":
+        first = head.decode("utf-8", "replace").strip().splitlines()[0][:40]
+        return f"the file is text ({first!r}...)"
+    if kind is not None:
+        return f"the file is {_FORMAT_NAMES[kind]}"
+    return f"unrecognised content (first bytes {head[:8].hex(' ')})"
+
+
+def unreadable(path: str | os.PathLike, what: str, formats: tuple[str, ...], reason=None,
+               hint: str = "") -> UserError:
+    """``UserError("<path>: cannot read <what>: <describe_unreadable>[; <hint>]")``, e.g.
+    ``cam/a.npz: cannot read CAM artifact: truncated (1234 bytes, the zip archive's end record is
+    missing: an interrupted write or copy)``. ``reason``: the parser's exception, quoted only for
+    a file of the expected format that is damaged in some other way."""
+    problem = describe_unreadable(path, formats, reason)
+    return UserError(f"{path}: cannot read {what}: {problem}" + (f"; {hint}" if hint else ""))
+
+
 def _save_npz(path, **arrays) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
 
-def _load_npz(path, names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+def _load_npz(path, names: tuple[str, ...], what: str = ".npz artifact") -> tuple[np.ndarray, ...]:
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [n for n in names if n not in z.files]
@@ -69,8 +209,8 @@ def _load_npz(path, names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
         raise
     except FileNotFoundError:
         raise UserError(f"{path}: does not exist") from None
-    except (OSError, ValueError, EOFError) as e:
-        raise UserError(f"{path}: not a readable .npz artifact ({e})") from e
+    except Exception as e:  # noqa: BLE001 - BadZipFile, OSError, ValueError, EOFError, zlib.error...
+        raise unreadable(path, what, ("zip", "npy"), e) from e
 
 
 def check_scores(path, name: str, x: np.ndarray, hi: float | None = 1.0) -> None:
@@ -132,9 +272,9 @@ def _save_maps(path, keys, maps, name: str) -> None:
     _save_npz(path, **{"keys": keys, name: maps})
 
 
-def _load_maps(path, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _load_maps(path, name: str, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Read and check a score-map artifact: (keys (K,) int64, ``<name>`` (K, H, W) float32)."""
-    keys, maps = _load_npz(path, ("keys", name))
+    keys, maps = _load_npz(path, ("keys", name), what)
     if maps.ndim != 3 or keys.ndim != 1 or maps.shape[0] != keys.shape[0]:
         raise UserError(f"{path}: {name} shape {maps.shape} does not match {keys.shape[0]} keys")
     _check_keys(path, keys)
@@ -149,7 +289,7 @@ def save_cam(path, keys, cams) -> None:
 
 def load_cam(path) -> tuple[np.ndarray, np.ndarray]:
     """Load a CAM artifact: (keys (K,) int64, cams (K, H, W) float32)."""
-    return _load_maps(path, "cams")
+    return _load_maps(path, "cams", "CAM artifact")
 
 
 def save_crf(path, keys, probs) -> None:
@@ -159,7 +299,7 @@ def save_crf(path, keys, probs) -> None:
 
 def load_crf(path) -> tuple[np.ndarray, np.ndarray]:
     """Load a CRF artifact: (keys (K+1,) int64 with 0 = background, probs (K+1, H, W) float32)."""
-    return _load_maps(path, "probs")
+    return _load_maps(path, "probs", "CRF artifact")
 
 
 def channel_class_ids(keys) -> np.ndarray:
@@ -217,8 +357,8 @@ def load_image(path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except OSError as e:  # a truncated or corrupt file
-        raise UserError(f"{path}: cannot read image ({e})") from e
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
+        raise unreadable(path, "image", ("jpeg", "png", "gif"), e) from e
 
 
 def load_label_png(path) -> np.ndarray:
@@ -228,16 +368,19 @@ def load_label_png(path) -> np.ndarray:
             if img.mode not in ("P", "L"):
                 raise UserError(f"{path}: label PNG must be palette or grayscale, got mode {img.mode}")
             return np.asarray(img, dtype=np.uint8).copy()
-    except FileNotFoundError:
+    except (FileNotFoundError, UserError):
         raise
-    except OSError as e:
-        raise UserError(f"{path}: cannot read label PNG ({e})") from e
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
+        raise unreadable(path, "label PNG", ("png",), e) from e
 
 
-def read_list(path) -> list[str]:
-    """Image ids of a list file: first whitespace token of each non-empty line, extension stripped.
+def read_list(path, id_of=None) -> list[str]:
+    """Image ids of a list file: first whitespace token of each non-empty line, extension stripped
+    (then mapped by ``id_of``, e.g. COCO's zero-padding, when given).
 
-    A missing, unreadable or empty list is a ``UserError`` naming the file.
+    A missing, unreadable or empty list, or an id listed twice (it would be trained on or scored
+    twice), is a ``UserError`` naming the file, e.g.
+    ``val.txt: image id '2007_000032' is listed twice (lines 3 and 17)``.
     """
     path = Path(path)
     if not path.is_file():
@@ -246,14 +389,20 @@ def read_list(path) -> list[str]:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read the image list ({e})") from e
-    ids = []
-    for line in text.splitlines():
+    line_of: dict[str, int] = {}
+    for n, line in enumerate(text.splitlines(), 1):
         tok = line.strip().split()
-        if tok:
-            ids.append(Path(tok[0]).stem)
-    if not ids:
+        if not tok:
+            continue
+        iid = Path(tok[0]).stem
+        iid = id_of(iid) if id_of is not None else iid
+        if iid in line_of:
+            raise UserError(f"{path}: image id {iid!r} is listed twice (lines {line_of[iid]} and "
+                            f"{n}); remove the repeated line")
+        line_of[iid] = n
+    if not line_of:
         raise UserError(f"{path}: the image list is empty")
-    return ids
+    return list(line_of)
 
 
 def save_cls_labels(path, ids, labels, class_names) -> None:
@@ -265,5 +414,5 @@ def save_cls_labels(path, ids, labels, class_names) -> None:
 
 def load_cls_labels(path) -> dict[str, np.ndarray]:
     """Load image-level labels: dict id -> (C,) float32 multi-hot (foreground only)."""
-    ids, labels = _load_npz(path, ("ids", "labels"))
+    ids, labels = _load_npz(path, ("ids", "labels"), "image-level labels (.npz)")
     return {str(i): l.astype(np.float32) for i, l in zip(ids, labels)}

@@ -19,7 +19,8 @@ File layout (all little-endian)::
     name count x (uint64 length + UTF-8 bytes)   e.g. "arg:res4b3_branch2b1_weight"
 
 Any inconsistency (truncation, bad magic, unknown type, count mismatch, trailing bytes) raises
-``ValueError`` naming the file, the byte offset and the problem.
+a ``UserError`` (a ``ValueError``) naming the file, the byte offset and the problem; a file of
+another recognisable kind (an HTML page, a torch checkpoint, text) is named as such.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from lib.errors import UserError
+from lib.io import sniff_format, unreadable
 
 __all__ = [
     "LIST_MAGIC",
@@ -68,9 +70,9 @@ class _Cursor:
         self.pos = 0
         self.path = path
 
-    def fail(self, msg: str, at: int | None = None) -> ValueError:
+    def fail(self, msg: str, at: int | None = None) -> UserError:
         at = self.pos if at is None else at
-        return ValueError(f"{self.path}: malformed MXNet .params file at byte {at}: {msg}")
+        return UserError(f"{self.path}: malformed MXNet .params file at byte {at}: {msg}")
 
     def take(self, n: int, what: str) -> int:
         """Reserve ``n`` bytes for ``what``; return their start offset."""
@@ -137,7 +139,7 @@ def _parse(buf, path: str) -> dict[str, np.ndarray]:
     magic = cur.u64("list magic")
     if magic != LIST_MAGIC:
         raise cur.fail(f"list magic is 0x{magic:X}, expected 0x{LIST_MAGIC:X} (not an MXNet "
-                       "NDArray list file)", at=0)
+                       "NDArray list file, nor a torch checkpoint)", at=0)
     cur.u64("reserved header field")
     count_at = cur.pos
     count = cur.u64("array count")
@@ -180,6 +182,14 @@ def read_mxnet_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"{path}: MXNet .params file not found")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: truncated MXNet .params file: empty (0 bytes)")
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    # Not even the start of the list magic: say what the file is (an HTML page, a torch .pth...).
+    if not struct.pack("<Q", LIST_MAGIC).startswith(head[:8]) and sniff_format(head) is not None:
+        from lib.checkpoint import weights_mixup_hint  # lib.checkpoint needs torch, as we do
+
+        raise unreadable(path, "MXNet .params file", ("mxnet",),
+                         hint=weights_mixup_hint(path, "mxnet"))
     # A read-only memory map avoids holding a second full copy of a ~500 MB weight file; the
     # parsed arrays are copies, and the map is released when garbage-collected.
     buf = np.memmap(path, dtype=np.uint8, mode="r")

@@ -1,7 +1,6 @@
 """Loading ImageNet weights into the ResNet-38 trunk, and checkpoints (never unpickling)."""
 from __future__ import annotations
 
-import io
 import logging
 import os
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from lib.checkpoint import check_fits, read_verified
+from lib.checkpoint import check_fits, load_verified
 from lib.errors import UserError
 from lib.mxnet_params import load_mxnet_as_torch
 
@@ -47,18 +46,14 @@ def _check_state_dict(obj, path) -> dict[str, torch.Tensor]:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """``torch.load(path, weights_only=True, map_location='cpu')`` -> state_dict with any
     ``module.`` prefix removed (a ``{'state_dict': ...}`` / ``{'model': ...}`` wrapper is
-    unwrapped). FileNotFoundError when absent, ValueError when unreadable or not a state_dict,
+    unwrapped). FileNotFoundError when absent; ValueError when not a state_dict, or unreadable
+    (one line saying what the file is instead: truncated, an HTML page, MXNet weights, ...);
     :class:`lib.checkpoint.CheckpointError` (a ValueError) when its ``.sha256`` sidecar exists
     and does not match."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    data = read_verified(path)
-    try:
-        obj = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-    except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError variously
-        raise UserError(f"{path}: cannot read checkpoint with weights_only=True ({e})") from e
-    return strip_module_prefix(_check_state_dict(obj, path))
+    return strip_module_prefix(_check_state_dict(load_verified(path), path))
 
 
 def load_weights_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:

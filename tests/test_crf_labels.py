@@ -37,3 +37,21 @@ def test_bad_input_names_the_folder_or_file(tmp_path):
     with pytest.raises(ValueError, match="broken.npz"):
         convert(tmp_path / "crf", tmp_path / "png")
     assert not (tmp_path / "png" / "broken.png").exists()
+
+
+def test_a_temporary_file_left_by_a_killed_write_is_skipped(tmp_path, capsys):
+    """A CRF write killed before its rename leaves ``.<id>.<random>.tmp.npz`` (half an archive):
+    it is not an artifact, so the step converts the finished ones and succeeds on every rerun."""
+    from lib.io import atomic_path
+
+    save_crf(tmp_path / "crf" / "a.npz", [0, 1], np.stack([np.ones((2, 2)), np.zeros((2, 2))]))
+    save_crf(tmp_path / "crf" / "b.npz", [0, 1], np.stack([np.zeros((2, 2)), np.ones((2, 2))]))
+    data = (tmp_path / "crf" / "b.npz").read_bytes()
+    tmp = atomic_path(tmp_path / "crf" / "b.npz").__enter__()  # the process dies in here
+    with open(tmp, "wb") as f:
+        f.write(data[: len(data) // 2])
+    for _ in range(2):
+        main(["--crf_dir", str(tmp_path / "crf"), "--out_dir", str(tmp_path / "png"), "--overwrite"])
+        assert "wrote 2 label PNGs" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["a.png", "b.png"]
+    assert load_label_png(tmp_path / "png" / "b.png").tolist() == [[1, 1], [1, 1]]

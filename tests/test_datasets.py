@@ -97,6 +97,29 @@ def test_coco_layout(tmp_path):
     assert va.image_path("777") == tmp_path / "val2017" / "COCO_val2017_000000000777.jpg"
 
 
+def test_lists_with_a_repeated_id_are_refused_by_every_reader(synth, tmp_path):
+    """Split names and list files (stages 1-3, evaluation) all go through lib.io.read_list; for
+    COCO the repeat is found after zero-padding ('25' and '000000000025' are one image)."""
+    from lib.errors import UserError
+
+    lst = synth / "ImageSets" / "Segmentation" / "val.txt"
+    ids = lst.read_text().split()
+    (tmp_path / "dup.txt").write_text(f"{ids[0]}\n{ids[1]}\n{ids[0]}\n")
+    with pytest.raises(UserError, match=rf"dup\.txt: image id '{ids[0]}' is listed twice \(lines 1 and 3\)"):
+        L.resolve_list("synthetic", synth, str(tmp_path / "dup.txt"))
+    split = synth / "ImageSets" / "Segmentation" / "dupsplit.txt"
+    split.write_text(f"{ids[1]}\n{ids[1]}\n")
+    with pytest.raises(UserError, match=rf"dupsplit\.txt: image id '{ids[1]}' is listed twice \(lines 1 and 2\)"):
+        L.resolve_list("synthetic", synth, "dupsplit")
+    split.unlink()
+    (tmp_path / "ImageSets").mkdir()
+    (tmp_path / "ImageSets" / "train2014.txt").write_text("000000000025\n9\n25\n")
+    with pytest.raises(UserError, match=r"image id '000000000025' is listed twice \(lines 1 and 3\)"):
+        L.get_layout("coco", tmp_path, "train2014").ids()
+    with pytest.raises(UserError, match=r"image id '000000000025' is listed twice"):
+        L.resolve_list("coco", tmp_path, str(tmp_path / "ImageSets" / "train2014.txt"))
+
+
 # --------------------------------------------------------------------------------- transforms
 def _ramp(h, w):
     """Image whose pixels are all distinct (so a crop can be located), values 1..255 per channel."""

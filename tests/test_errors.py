@@ -204,7 +204,7 @@ def test_readers_accept_the_valid_range_and_reject_bad_keys(tmp_path):
     with pytest.raises(UserError, match=r"nope\.npz: does not exist"):
         load_cam(tmp_path / "nope.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(UserError, match=r"junk\.npz: not a readable \.npz"):
+    with pytest.raises(UserError, match=r"junk\.npz: cannot read CRF artifact: the file is text"):
         load_crf(tmp_path / "junk.npz")
 
 
@@ -227,6 +227,194 @@ def test_read_list_empty_or_missing(tmp_path):
         read_list(tmp_path / "empty.txt")
     with pytest.raises(FileNotFoundError, match=r"nope\.txt"):
         read_list(tmp_path / "nope.txt")
+
+
+def test_read_list_refuses_a_repeated_id_naming_both_lines(tmp_path):
+    # the first repeat found is reported: 'b' (lines 2 and 5), although 'a' repeats too (line 6)
+    (tmp_path / "val.txt").write_text("a\nb x.png\n\nc\nJPEGImages/b.jpg\na\n")
+    with pytest.raises(UserError) as e:
+        read_list(tmp_path / "val.txt")
+    assert str(e.value) == (f"{tmp_path}/val.txt: image id 'b' is listed twice (lines 2 and 5); "
+                            f"remove the repeated line")
+    (tmp_path / "ok.txt").write_text("b\na\nc\n")
+    assert read_list(tmp_path / "ok.txt") == ["b", "a", "c"]  # list order kept
+
+
+def test_evaluate_refuses_a_list_with_a_repeated_id(capsys, tmp_path):
+    """A repeated id would be counted twice and shift the scores; one line, nothing scored."""
+    from lib.evaluation import evaluate_dir
+    from tools.evaluate import main
+
+    argv = cam_eval_setup(tmp_path, 0.5)
+    (tmp_path / "list.txt").write_text("a\nb\na\n")
+    line = fail(capsys, main, "evaluate", argv)
+    assert line == (f"evaluate: error: {tmp_path}/list.txt: image id 'a' is listed twice "
+                    f"(lines 1 and 3); remove the repeated line")
+    with pytest.raises(UserError, match="image id 'b' is given twice"):
+        evaluate_dir(tmp_path / "pred", tmp_path / "gt", ["a", "b", "b"], 2, "cam", workers=1,
+                     progress=False)
+
+
+# --------------------------------------------------------------------------- unreadable files
+
+HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body></body></html>\n"
+
+
+def cut(src: Path, dst: Path, keep: int) -> Path:
+    """The first ``keep`` bytes of ``src`` as ``dst`` (a write or copy that was interrupted)."""
+    dst.write_bytes(src.read_bytes()[:keep])
+    return dst
+
+
+def test_describe_unreadable_says_what_the_file_is(tmp_path):
+    """Each kind of wrong content, with the exact phrase the one-line error carries."""
+    from lib.io import describe_unreadable
+
+    def describe(content: bytes, formats=("zip",), reason=None) -> str:
+        (tmp_path / "f").write_bytes(content)
+        return describe_unreadable(tmp_path / "f", formats, reason)
+
+    assert describe(b"") == "empty file (0 bytes)"
+    assert describe(b"\xef\xbb\xbf  " + HTML_PAGE) == \
+        "the file is an HTML page (a saved web page or a server's error page?)"
+    assert describe(b"PK\x03\x04" + bytes(96)) == \
+        "truncated (100 bytes, the zip archive's end record is missing: an interrupted write or copy)"
+    assert describe(b"\x89PNG\r\n\x1a\n" + bytes(12), ("png",)) == \
+        "truncated (20 bytes, the PNG end chunk is missing: an interrupted write or copy)"
+    assert describe(b"\x89PNG\r\n\x1a\n" + bytes(12)) == "the file is a PNG image"
+    assert describe(b"\xff\xd8\xff\xe0" + bytes(8), ("png",)) == "the file is a JPEG image"
+    assert describe(b"\x12\x01" + bytes(22)) == "the file is an MXNet .params file"
+    assert describe(b"PK\x03\x04" + bytes(8) + b"PK\x05\x06" + bytes(18), ("zip",),
+                    OSError("Bad CRC-32 for file 'keys.npy'\nmore")) == \
+        "damaged (Bad CRC-32 for file 'keys.npy')"
+    assert describe(b"model weights, see README\n") == "the file is text ('model weights, see README'...)"
+    assert describe(bytes([0xB8, 0x9F, 0xC7, 0x5A, 0x9C, 0xB3, 0xEC, 0x89, 0x00])) == \
+        "unrecognised content (first bytes b8 9f c7 5a 9c b3 ec 89)"
+
+
+def test_truncated_and_foreign_artifacts_are_one_line_naming_the_file(tmp_path):
+    """A truncated CAM / cls_labels .npz, a corrupt label PNG: a UserError (one line under
+    run_main) naming the file and the problem, never BadZipFile or a PIL traceback."""
+    from lib.io import load_cls_labels, load_label_png, save_cls_labels
+
+    good_cam(tmp_path / "cam.npz")
+    cam = cut(tmp_path / "cam.npz", tmp_path / "cam_cut.npz", 1000)
+    with pytest.raises(UserError) as e:
+        load_cam(cam)
+    assert str(e.value) == (f"{cam}: cannot read CAM artifact: truncated (1000 bytes, the zip "
+                            f"archive's end record is missing: an interrupted write or copy)")
+    save_cls_labels(tmp_path / "cls.npz", ["a", "b"], np.eye(2), ["x", "y"])
+    size = (tmp_path / "cls.npz").stat().st_size
+    cut(tmp_path / "cls.npz", tmp_path / "cls_cut.npz", size - 10)  # half the 22-byte end record
+    (tmp_path / "page.npz").write_bytes(HTML_PAGE)
+    lab = np.zeros((32, 32), np.uint8)
+    lab[4:20, 6:30] = 3
+    save_label_png(tmp_path / "lab.png", lab)
+    cut(tmp_path / "lab.png", tmp_path / "lab_cut.png", (tmp_path / "lab.png").stat().st_size // 2)
+    (tmp_path / "page.png").write_bytes(HTML_PAGE)
+    data = bytearray((tmp_path / "lab.png").read_bytes())
+    data[16:24] = b"\xff" * 8  # width and height of the IHDR chunk: its CRC no longer matches
+    (tmp_path / "crc.png").write_bytes(bytes(data))
+    for name, load, needle in [
+        ("cls_cut.npz", load_cls_labels, rf"cannot read image-level labels \(\.npz\): truncated \({size - 10} bytes"),
+        ("page.npz", load_cam, r"cannot read CAM artifact: the file is an HTML page"),
+        ("lab_cut.png", load_label_png, r"cannot read label PNG: truncated \(\d+ bytes, the PNG end chunk is missing"),
+        ("page.png", load_label_png, r"cannot read label PNG: the file is an HTML page"),
+        ("crc.png", load_label_png, r"cannot read label PNG: damaged \("),
+    ]:
+        with pytest.raises(UserError, match=rf"^{tmp_path}/{name}: {needle}"):
+            load(tmp_path / name)
+
+
+def test_not_a_checkpoint_is_one_line_saying_what_it_is(tmp_path):
+    """A truncated checkpoint, a saved web page or random bytes as .pth / .params (case 7b)."""
+    from lib.checkpoint import CheckpointError, save_checkpoint
+    from lib.mxnet_params import read_mxnet_params, write_mxnet_params
+    from lib.weights import load_checkpoint
+
+    save_checkpoint({"w": torch.zeros(64)}, tmp_path / "ck.pth")
+    (tmp_path / "ck.pth.sha256").unlink()  # else the checksum mismatch is reported first
+    ck = cut(tmp_path / "ck.pth", tmp_path / "ck_cut.pth", 700)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(ck)
+    assert str(e.value) == (f"{ck}: cannot read torch checkpoint: truncated (700 bytes, the zip "
+                            f"archive's end record is missing: an interrupted write or copy)")
+    rand = bytes([0xB8, 0x9F, 0xC7, 0x5A, 0x9C, 0xB3, 0xEC, 0x89]) * 64
+    for suffix in (".pth", ".params"):
+        (tmp_path / f"page{suffix}").write_bytes(HTML_PAGE)
+        (tmp_path / f"rand{suffix}").write_bytes(rand)
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tmp_path / "page.pth")
+    assert str(e.value) == (f"{tmp_path}/page.pth: cannot read torch checkpoint: the file is an HTML "
+                            f"page (a saved web page or a server's error page?)")
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tmp_path / "rand.pth")
+    assert str(e.value) == (f"{tmp_path}/rand.pth: cannot read torch checkpoint: unrecognised content "
+                            f"(first bytes b8 9f c7 5a 9c b3 ec 89); neither a torch nor an MXNet "
+                            f"weights file")
+    with pytest.raises(UserError) as e:
+        read_mxnet_params(tmp_path / "page.params")
+    assert str(e.value) == (f"{tmp_path}/page.params: cannot read MXNet .params file: the file is an "
+                            f"HTML page (a saved web page or a server's error page?)")
+    with pytest.raises(UserError, match=r"rand\.params: malformed MXNet \.params file at byte 0: list "
+                                        r"magic is 0x89ECB39C5AC79FB8, expected 0x112 \(not an MXNet "
+                                        r"NDArray list file, nor a torch checkpoint\)"):
+        read_mxnet_params(tmp_path / "rand.params")
+    # the two frameworks' files swapped: the hint says which name each needs
+    write_mxnet_params(tmp_path / "mx.pth", {"arg:conv1a_weight": np.zeros((2, 3), np.float32)})
+    with pytest.raises(UserError, match=r"mx\.pth: cannot read torch checkpoint: the file is an MXNet "
+                                        r"\.params file; MXNet weights are read from a file named \*\.params"):
+        load_checkpoint(tmp_path / "mx.pth")
+    (tmp_path / "ck.params").write_bytes((tmp_path / "ck.pth").read_bytes())
+    with pytest.raises(UserError, match=r"ck\.params: cannot read MXNet \.params file: the file is a zip "
+                                        r"archive \(\.npz / torch \.pth\); a torch checkpoint is read "
+                                        r"from a file named \*\.pth"):
+        read_mxnet_params(tmp_path / "ck.params")
+
+
+@pytest.mark.parametrize("name", ["page.pth", "page.params", "rand.pth"])
+def test_train_cam_weights_that_are_not_weights(capsys, voc, tmp_path, name):
+    """WEIGHTS pointing at a saved web page or random bytes: exit 2, one line, before training."""
+    from stage1_cam.train_cam import main
+
+    w = tmp_path / name
+    w.write_bytes(HTML_PAGE if name.startswith("page") else bytes(range(7, 200)) * 4)
+    argv = train_cam_argv(voc, tmp_path / "cam")
+    argv[argv.index("--weights") + 1] = str(w)
+    line = fail(capsys, main, "train_cam", argv)
+    what = "torch checkpoint" if name.endswith(".pth") else "MXNet .params file"
+    assert line.startswith(f"train_cam: error: {w}: cannot read {what}: ")
+    assert ("an HTML page" if name.startswith("page") else "neither a torch nor an MXNet") in line
+
+
+def test_entry_points_name_a_truncated_cam_label_or_cls_labels(capsys, voc, tmp_path):
+    """evaluate on a truncated CAM and a truncated pseudo-label PNG; infer_cam on a truncated
+    cls_labels.npz and on a truncated checkpoint: one line each, naming the file."""
+    from stage1_cam.infer_cam import main as infer_cam
+    from tools.evaluate import main as evaluate
+
+    argv = cam_eval_setup(tmp_path, 0.5)
+    cam = tmp_path / "pred" / "b.npz"
+    cut(cam, cam, 200)
+    line = fail(capsys, evaluate, "evaluate", argv)
+    assert line == (f"evaluate: error: {cam}: cannot read CAM artifact: truncated (200 bytes, the zip "
+                    f"archive's end record is missing: an interrupted write or copy)")
+    png = tmp_path / "gt" / "a.png"
+    cut(png, png, 40)
+    argv[argv.index("--pred_dir") + 1] = str(tmp_path / "gt")  # the GT as predictions: PNGs
+    line = fail(capsys, evaluate, "evaluate", argv[:-2] + ["--type", "png"])
+    assert line.startswith(f"evaluate: error: {png}: cannot read label PNG: truncated (40 bytes, ")
+
+    cls = cut(voc / "cls_labels.npz", tmp_path / "cls_labels.npz", 300)
+    weights = nan_weights("cam", tmp_path / "cam.pth", num_classes=NUM_CLASSES)
+    line = fail(capsys, infer_cam, "infer_cam",
+                infer_cam_argv(voc, weights, tmp_path / "out", "--cls_labels", str(cls)))
+    assert line.startswith(f"infer_cam: error: {cls}: cannot read image-level labels (.npz): "
+                           f"truncated (300 bytes")
+    cut(weights, weights, 5000)
+    line = fail(capsys, infer_cam, "infer_cam", infer_cam_argv(voc, weights, tmp_path / "out"))
+    assert line.startswith(f"infer_cam: error: {weights}: cannot read torch checkpoint: truncated "
+                           f"(5000 bytes")
 
 
 # --------------------------------------------------------------------------- config ranges

@@ -84,7 +84,7 @@ def _hand_contour_pair():
     gt[5, 0] = 255         # void -> background, does not change class 2's boundary
     pred[4, 4] = 3         # only in pred: b = (3,3)(3,4)(4,3)(4,4) = 4 -> F = 0
     pred[5, 5] = 5         # corner pixel (itself 0): b = (4,4) SE, (4,5) last column, (5,4) last row
-    return gt, pred        # class 4 absent everywhere -> F = 1
+    return gt, pred        # class 4 absent everywhere -> F = NaN, left out of the mean
 
 
 def test_contour_counts_and_fscore_hand_case():
@@ -97,19 +97,62 @@ def test_contour_counts_and_fscore_hand_case():
     assert np.array_equal(counts, expected)
     assert np.array_equal(ref_contour_counts(gt, pred, 5), expected)
     mean_f, f = contour_fscore_from_counts(counts)
-    assert f.tolist() == pytest.approx([5 / 8, 0.0, 0.0, 1.0, 0.0])
-    assert mean_f == pytest.approx((5 / 8 + 1) / 5)
+    assert f.tolist() == pytest.approx([5 / 8, 0.0, 0.0, math.nan, 0.0], nan_ok=True)
+    assert mean_f == pytest.approx((5 / 8) / 4)
 
 
 def test_contour_fscore_conventions():
-    # columns: neither present, only GT, only pred, both with zero matches, P = 1 / R = 1/2
-    counts = np.array([[0, 0, 0, 0, 2],
-                       [0, 0, 0, 0, 3],
-                       [0, 5, 0, 4, 4],
-                       [0, 0, 6, 4, 3]])
+    # columns: neither present, only GT, only pred, both with zero matches, P = 1 / R = 1/2,
+    # no boundary pixel but present (a mask covering whole images in GT and prediction)
+    counts = np.array([[0, 0, 0, 0, 2, 0],
+                       [0, 0, 0, 0, 3, 0],
+                       [0, 5, 0, 4, 4, 0],
+                       [0, 0, 6, 4, 3, 0]])
+    mean_f, f = contour_fscore_from_counts(counts, present=[False, True, True, True, True, True])
+    assert f.tolist() == pytest.approx([math.nan, 0.0, 0.0, 0.0, 2 * 1 * 0.5 / 1.5, 1.0], nan_ok=True)
+    assert mean_f == pytest.approx((2 / 3 + 1) / 5)
+    # without ``present`` a class without boundary pixels counts as absent
     mean_f, f = contour_fscore_from_counts(counts)
-    assert f.tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0, 2 * 1 * 0.5 / 1.5])
-    assert mean_f == pytest.approx((1 + 2 / 3) / 5)
+    assert math.isnan(f[0]) and math.isnan(f[5]) and mean_f == pytest.approx((2 / 3) / 4)
+    assert math.isnan(contour_fscore_from_counts(np.zeros((4, 3), np.int64))[0])
+
+
+def test_classes_absent_everywhere_change_neither_mean(tmp_path):
+    """--num_classes above the classes present (no classes.txt): the absent classes are NaN in
+    both IoU and contour F and left out of both means, so N = 3 and N = 5 score the same; a class
+    predicted but absent from the GT scores 0 in both. The original's rule (both boundary counts
+    0 -> F = 1) would have given (5/8 + 1 + 0 + 1 + 1) / 5 = 72.5 % contour F at N = 5."""
+    gt, pred = np.zeros((6, 6), np.uint8), np.zeros((6, 6), np.uint8)
+    gt[1:3, 1:3] = 1        # class 1: 4 px, predicted 2 px to the right: IoU 0, F 5/8 (r = 1)
+    pred[1:3, 3:5] = 1
+    gt[4, 0:2] = 2          # class 2: exact, IoU 1, F 1
+    pred[4, 0:2] = 2
+    pred[4, 4] = 3          # class 3: predicted only, IoU 0, F 0
+    # background: GT 30 px, predicted 29 px, both 36 - (4 + 4 + 2 + 1) = 25 -> IoU 25 / 34
+    _write_dataset(tmp_path, [(gt, pred)])
+    miou, cf = (25 / 34 + 0 + 1 + 0) / 4, (5 / 8 + 1 + 0) / 3
+    for n in (3, 5):
+        res = evaluate_dir(tmp_path / "pred", tmp_path / "gt", ["img000"], n, workers=1,
+                           progress=False)
+        assert res["miou"] == pytest.approx(miou) and res["contour_f"] == pytest.approx(cf)
+        assert list(res["per_class_contour_f"].values())[:3] == pytest.approx([5 / 8, 1.0, 0.0])
+        assert all(math.isnan(v) for v in list(res["per_class_contour_f"].values())[3:])
+        assert all(math.isnan(v) for v in list(res["per_class_iou"].values())[4:])
+    assert _ref_dataset([(gt, pred)], 5)[0] == pytest.approx(miou)
+    assert _ref_dataset([(gt, pred)], 5)[2] == pytest.approx(cf)
+
+
+def test_a_class_covering_whole_images_scores_contour_f_1(tmp_path):
+    """A class whose masks cover whole images has no boundary pixel in GT nor prediction; it
+    occurs, so the original's rule gives F = 1 (not NaN, not 0)."""
+    full = np.full((5, 5), 2, np.uint8)
+    other = np.zeros((5, 5), np.uint8)
+    other[1:3, 1:3] = 1
+    _write_dataset(tmp_path, [(full, full), (other, other)])
+    res = evaluate_dir(tmp_path / "pred", tmp_path / "gt", ["img000", "img001"], 3, workers=1,
+                       progress=False)
+    f = list(res["per_class_contour_f"].values())
+    assert f[:2] == [1.0, 1.0] and math.isnan(f[2]) and res["contour_f"] == 1.0
 
 
 def _blob_pair(rng, h, w, n):
@@ -194,20 +237,21 @@ def test_cli_json_schema_and_table(tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "hand case" in text and "class_0" in text and "background" in text
-    assert f"{100 * (5 / 8 + 1) / 5:.2f}" in text          # contour F in percent
+    assert f"{100 * (5 / 8) / 4:.2f}" in text              # contour F in percent
     res = json.loads(out.read_text())
     assert set(res) == {"num_images", "miou", "contour_f", "per_class_iou", "per_class_contour_f"}
     assert res["num_images"] == 1
     assert list(res["per_class_iou"]) == ["background"] + [f"class_{k}" for k in range(5)]
     assert list(res["per_class_contour_f"]) == [f"class_{k}" for k in range(5)]
-    # class_3 (label 4) is absent from GT and pred: IoU null, contour F 1
+    # class_3 (label 4) is absent from GT and pred: IoU and contour F null, out of both means
     assert res["per_class_iou"]["class_3"] is None
-    assert res["per_class_contour_f"]["class_3"] == 1.0
+    assert res["per_class_contour_f"]["class_3"] is None
     assert res["per_class_iou"]["class_0"] == 0.0         # the two blocks do not overlap
-    assert res["contour_f"] == pytest.approx((5 / 8 + 1) / 5)
+    assert res["contour_f"] == pytest.approx((5 / 8) / 4)
     vals = [v for v in res["per_class_iou"].values() if v is not None]
     assert res["miou"] == pytest.approx(sum(vals) / len(vals))
-    assert all(0.0 <= v <= 1.0 for v in vals + list(res["per_class_contour_f"].values()))
+    fs = [v for v in res["per_class_contour_f"].values() if v is not None]
+    assert all(0.0 <= v <= 1.0 for v in vals + fs) and len(fs) == 4
 
 
 def _run_cli_error(tmp_path, capsys, n=2, extra=()):
@@ -401,5 +445,5 @@ def test_real_voc_masks(shared_dir, tmp_path):
     miou, _, cf, fs = _ref_dataset(pairs, 20)
     assert res["miou"] == pytest.approx(miou, abs=1e-12)
     assert res["contour_f"] == pytest.approx(cf, abs=1e-12)
-    assert list(res["per_class_contour_f"].values()) == pytest.approx(fs, abs=1e-12)
+    assert list(res["per_class_contour_f"].values()) == pytest.approx(fs, abs=1e-12, nan_ok=True)
     assert 0.5 < res["miou"] < 0.99 and 0.5 < res["contour_f"] < 0.999

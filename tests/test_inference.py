@@ -2,6 +2,8 @@
 loader and the progress lines; and the shared [0, keys+1] lookup of the inference scripts."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -55,6 +57,19 @@ def test_select_skips_images_whose_outputs_all_exist(tmp_path, capsys):
     assert pending_ids(ids, outputs) == ["b", "d"]
     # rank 1 of 2 takes b and d, both pending
     assert _run(1, 2).select(ids, outputs) == ["b", "d"]
+
+
+def test_a_temporary_file_left_by_a_killed_write_is_not_an_output(tmp_path, capsys):
+    """atomic_path's temporary name (what SIGKILL mid-write leaves) never marks an image done."""
+    from lib.io import atomic_path, is_temporary
+
+    out = tmp_path / "cam"
+    writer = atomic_path(out / "a.npz")
+    tmp = Path(writer.__enter__())  # ... and the process dies before the rename
+    tmp.write_bytes(b"PK\x03\x04 half an npz")
+    assert tmp.parent == out and is_temporary(tmp) and not is_temporary(out / "a.npz")
+    assert _run().select(["a", "b"], lambda i: [out / f"{i}.npz"]) == ["a", "b"]
+    assert "0 of 2 images already done" in capsys.readouterr().out
 
 
 def test_select_creates_the_output_folders(tmp_path, capsys):

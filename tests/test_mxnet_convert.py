@@ -269,7 +269,7 @@ def test_load_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="not a state_dict"):
         load_checkpoint(p)
     p.write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
+    with pytest.raises(ValueError, match=r"ck\.pth: cannot read torch checkpoint: the file is text \('garbage'"):
         load_checkpoint(p)
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pth")

@@ -25,7 +25,7 @@ from PIL import Image
 
 from lib.cli import add_bool
 from lib.errors import UserError, check_args, check_writable_dir, run_main
-from lib.io import atomic_path, load_cam, load_image, load_label_png, read_list
+from lib.io import atomic_path, list_artifacts, load_cam, load_image, load_label_png, read_list
 from lib.overlay import hstack_pad, overlay_label, vstack_pad
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
@@ -167,7 +167,7 @@ def main(argv=None) -> None:
         src = label_dirs[0] if label_dirs else (Path(args.cam_dir) if args.cam_dir else None)
         if src is None:
             raise UserError("give --ids, --list, or at least one --label_dirs / --cam_dir")
-        ids = sorted(p.stem for p in src.iterdir() if p.suffix in (".png", ".npz"))
+        ids = sorted({p.stem for ext in (".png", ".npz") for p in list_artifacts(src, ext)})
     if args.max_images:
         ids = ids[:args.max_images]
     if not ids:

@@ -99,7 +99,7 @@ class COCOLayout(Layout):
     dataset = "coco"
 
     def ids(self) -> list[str]:
-        return [coco_id(i) for i in read_list(self.list_path())]
+        return read_list(self.list_path(), coco_id)
 
     def image_path(self, image_id: str) -> Path:
         """``<split>/COCO_<split>_<id>.jpg`` (2014) or ``<split>/<id>.jpg`` (2017), whichever exists.
@@ -149,11 +149,9 @@ def resolve_list(dataset: str, root, split_or_file: str) -> tuple[Layout, list[s
     """
     p = Path(split_or_file)
     if p.is_file() or "/" in split_or_file or os.sep in split_or_file or p.suffix == ".txt":
-        ids = read_list(p)  # FileNotFoundError naming the file when it is absent
-        layout = get_layout(dataset, root, p.stem)
-        if dataset == "coco":
-            ids = [coco_id(i) for i in ids]
-        return layout, ids
+        # FileNotFoundError naming the file when it is absent; repeated ids refused
+        ids = read_list(p, coco_id if dataset == "coco" else None)
+        return get_layout(dataset, root, p.stem), ids
     layout = get_layout(dataset, root, split_or_file)
     if not layout.list_path().is_file():
         raise FileNotFoundError(f"split {split_or_file!r}: list file {layout.list_path()} does not exist")

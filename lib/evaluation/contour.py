@@ -9,9 +9,11 @@ Per image (H, W) and foreground label c in 1..N, with void (255) mapped to backg
   matches_gt = sum(b_gt & D(b_pred)), matches_pred = sum(b_pred & D(b_gt)),
   n_gt = sum(b_gt), n_pred = sum(b_pred).
 
-Per class: n_gt = n_pred = 0 -> F = 1; exactly one of them 0 -> F = 0; otherwise
-P = matches_pred / n_pred, R = matches_gt / n_gt, F = 2PR / (P + R) (0 when P + R = 0).
-Score = mean of F over the N foreground classes (never NaN: absent classes score 1).
+Per class: a class that occurs nowhere (neither in the GT nor in the prediction of any image)
+has F = NaN and is left out of the mean, as its IoU is (docs/METHOD.md sections 7 and 8.3);
+otherwise n_gt = n_pred = 0 (masks covering whole images) -> F = 1; exactly one of them 0 -> F = 0;
+else P = matches_pred / n_pred, R = matches_gt / n_gt, F = 2PR / (P + R) (0 when P + R = 0).
+Score = mean of F over the classes that occur (NaN when none does).
 
 Count arrays are (4, N) int64 with rows ``MATCH_GT, MATCH_PRED, N_GT, N_PRED`` and column c-1 for
 label c.
@@ -114,14 +116,25 @@ def contour_counts(gt: np.ndarray, pred: np.ndarray, num_classes: int, radius: i
     return counts
 
 
-def contour_fscore_from_counts(counts: np.ndarray) -> tuple[float, np.ndarray]:
-    """(mean F over classes, per-class F (N,) float64) from accumulated (4, N) counts."""
+def contour_fscore_from_counts(counts: np.ndarray, present: np.ndarray | None = None
+                               ) -> tuple[float, np.ndarray]:
+    """(mean F over the classes that occur, per-class F (N,) float64 with NaN for the others)
+    from accumulated (4, N) counts.
+
+    ``present`` (N,) bool: whether class c-1 occurs in the GT or the prediction of some image
+    (e.g. from the confusion matrix). None: a class occurs when it has a boundary pixel, which
+    misses only masks covering whole images (those score F = 1 when ``present`` says so).
+    """
     counts = np.asarray(counts, np.int64)
     mg, mp, ng, npr = (counts[i].astype(np.float64) for i in range(4))
+    occurs = (ng + npr) > 0
+    if present is not None:
+        occurs |= np.asarray(present, bool)
     with np.errstate(invalid="ignore", divide="ignore"):
         prec = mp / np.where(npr > 0, npr, 1.0)
         rec = mg / np.where(ng > 0, ng, 1.0)
         s = prec + rec
         f = np.where(s > 0, 2.0 * prec * rec / np.where(s > 0, s, 1.0), 0.0)
     f = np.where((ng == 0) & (npr == 0), 1.0, np.where((ng == 0) | (npr == 0), 0.0, f))
-    return (float(f.mean()) if f.size else float("nan")), f
+    f = np.where(occurs, f, np.nan)
+    return (float(f[occurs].mean()) if occurs.any() else float("nan")), f

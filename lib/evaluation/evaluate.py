@@ -14,9 +14,11 @@ Streaming: ids are cut into chunks, each chunk is evaluated by a worker (multipr
 (4, N) boundary counts and, for the background sweep, (60, N+1, N+1) confusions -- so memory does
 not grow with the number of images.
 
-Conventions (docs/METHOD.md section 7): a label absent from both GT and prediction over the whole
-dataset has IoU NaN and is left out of the mIoU (nanmean); the contour F of such a class is 1. In
-the returned dict NaN stays ``float('nan')``; ``save_results_json`` writes it as ``null``.
+Conventions (docs/METHOD.md sections 7 and 8.3): a label absent from both GT and prediction over
+the whole dataset has IoU NaN and contour F NaN and is left out of both means (nanmean), so a
+``num_classes`` above the classes present changes neither score; a class predicted but absent
+from the GT scores 0 in both. In the returned dict NaN stays ``float('nan')``;
+``save_results_json`` writes it as ``null``.
 """
 from __future__ import annotations
 
@@ -224,6 +226,11 @@ def accumulate_counts(pred_dir, gt_dir, ids, num_classes: int, pred_type: str = 
     ids = [str(i) for i in ids]
     if not ids:
         raise UserError("no image ids to evaluate (empty list)")
+    seen: set[str] = set()
+    for i in ids:  # a repeated id would be scored twice (read_list refuses it in a list file)
+        if i in seen:
+            raise UserError(f"image id {i!r} is given twice; each image must be scored once")
+        seen.add(i)
     _check_args(pred_type, num_classes, bg_threshold, bg_sweep)
     _check_files_exist(pred_dir, gt_dir, ids, pred_type)
     n = int(num_classes)
@@ -259,10 +266,12 @@ def accumulate_counts(pred_dir, gt_dir, ids, num_classes: int, pred_type: str = 
 
 def summarize(counts: EvalCounts, class_names: list[str]) -> dict:
     """Result dict from counts: num_images, miou, contour_f, per_class_iou (background + N names),
-    per_class_contour_f (N names); fractions in [0, 1], NaN for undefined IoU. With a sweep, also
+    per_class_contour_f (N names); fractions in [0, 1], NaN for a class that occurs nowhere. With a sweep, also
     ``bg_sweep`` = {thresholds, miou (per threshold), best_threshold, best_miou}."""
     miou, iou = miou_from_confusion(counts.confusion)
-    cf, f = contour_fscore_from_counts(counts.contour)
+    conf = counts.confusion
+    present = (conf.sum(0) + conf.sum(1))[1:] > 0  # foreground classes with a GT or predicted pixel
+    cf, f = contour_fscore_from_counts(counts.contour, present)
     names = list(class_names)
     res = {
         "num_images": int(counts.num_images),
@@ -341,8 +350,8 @@ def format_results(result: dict, title: str | None = None) -> str:
         lines.append(f"{label:>5}  {nm:<{width}}  {_pct(result['per_class_iou'][nm]):>7}  {fs:>11}")
     lines.append(f"{'':>5}  {'mean':<{width}}  {_pct(result['miou']):>7}  {_pct(result['contour_f']):>11}")
     if any(math.isnan(v) for v in result["per_class_iou"].values()):
-        lines.append("nan IoU = label absent from GT and prediction everywhere (excluded from the mean); "
-                     "such a class scores contour F 100 (docs/METHOD.md section 7)")
+        lines.append("nan = label absent from GT and prediction everywhere: left out of both means "
+                     "(docs/METHOD.md section 7)")
     return "\n".join(lines)
 
 

@@ -118,11 +118,16 @@ def ref_scores(conf: np.ndarray, counts: np.ndarray):
     fs = []
     for c in range(counts.shape[1]):
         mg, mp, ng, npd = (int(v) for v in counts[:, c])
-        if ng == 0 and npd == 0:
+        label = c + 1
+        occurs = ng + npd > 0 or any(conf[label, j] or conf[j, label] for j in range(L))
+        if not occurs:
+            fs.append(float("nan"))
+        elif ng == 0 and npd == 0:
             fs.append(1.0)
         elif ng == 0 or npd == 0:
             fs.append(0.0)
         else:
             prec, rec = mp / npd, mg / ng
             fs.append(0.0 if prec + rec == 0 else 2 * prec * rec / (prec + rec))
-    return miou, ious, sum(fs) / len(fs), fs
+    valid_f = [v for v in fs if not math.isnan(v)]
+    return miou, ious, (sum(valid_f) / len(valid_f) if valid_f else float("nan")), fs

@@ -29,7 +29,7 @@ import numpy as np
 
 from lib.datasets.classes import get_class_names
 from lib.errors import UserError, run_main
-from lib.io import read_list, save_cls_labels
+from lib.io import list_artifacts, read_list, save_cls_labels
 
 
 def object_names(xml_path: str | os.PathLike) -> list[str]:
@@ -86,7 +86,7 @@ def build_cls_labels(voc_root, lists=None, dataset: str = "voc"):
     if lists:
         ids = list(dict.fromkeys(i for spec in lists for i in read_list(resolve_list(root, spec))))
     else:
-        ids = sorted(p.stem for p in ann.glob("*.xml"))
+        ids = [p.stem for p in list_artifacts(ann, ".xml")]  # macOS ._*.xml files skipped
     if not ids:
         raise UserError(f"no image ids found ({'lists ' + str(lists) if lists else ann})")
     labels = np.zeros((len(ids), len(class_names)), np.uint8)

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 
 from lib import dist
 from lib.backbones.resnet38d import ResNet38d
-from lib.checkpoint import checkpoint_bytes, write_bytes_atomic
+from lib.checkpoint import checkpoint_bytes, load_verified, write_bytes_atomic
 from lib.cli import add_bool
 from lib.datasets.transforms import Normalize
 from lib.errors import RunError, UserError, run_main
@@ -238,14 +238,14 @@ def save_state(path: Path, model, optimizer, step: int) -> None:
 
 
 def load_state(path: Path, model, optimizer) -> int:
+    if not Path(path).is_file():
+        raise UserError(f"{path}: --resume state file not found")
+    state = load_verified(path)  # a file that is no checkpoint at all: one line saying what it is
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         return int(state["step"])
-    except FileNotFoundError:
-        raise UserError(f"{path}: --resume state file not found") from None
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
+    except Exception as e:  # noqa: BLE001 - any other content gets the same message
         raise UserError(f"{path}: not a pretrain_trunk state file ({e})") from None
 
 
