@@ -386,6 +386,10 @@ except Exception as e:
 }
 NUM_CLASSES=$(layout_info "$DATASET" "$DATA_ROOT" "$VAL_SPLIT" "l.num_classes") || exit 2
 
+# The split whose inferred maps an evaluation split scores: val its own, the train GT split the
+# maps of TRAIN_SPLIT (train_aug holds train).
+inferred_split() { if [ "$1" = "$VAL_SPLIT" ]; then echo "$VAL_SPLIT"; else echo "$TRAIN_SPLIT"; fi; }
+
 sweep_stale
 P=$EXPDIR/plabels
 if [[ " $STAGES " == *" 1 "* ]]; then
@@ -397,7 +401,7 @@ if [[ " $STAGES " == *" 1 "* ]]; then
       "${CAM_INFER_EXTRA[@]}"
   done
   for split in "$VAL_SPLIT" "$EVAL_TRAIN_SPLIT"; do
-    src=$VAL_SPLIT; [ "$split" = "$VAL_SPLIT" ] || src=$TRAIN_SPLIT
+    src=$(inferred_split "$split")
     step "eval_cam_$split" 1 "infer_cam_$src" evaluate "cam_$split" "$P/$src/cam" cam "$split"
     step "eval_crf_$split" 1 "infer_cam_$src" evaluate "crf_$split" "$P/$src/crf/alpha_4.0" crf "$split"
   done
@@ -414,8 +418,8 @@ if [[ " $STAGES " == *" 2 "* ]]; then
       "${AFF_INFER_EXTRA[@]}"
   done
   for split in "$VAL_SPLIT" "$EVAL_TRAIN_SPLIT"; do
-    src=$VAL_SPLIT; [ "$split" = "$VAL_SPLIT" ] || src=$TRAIN_SPLIT
-    step "eval_rw_$split" 2 "infer_aff_$src" evaluate "rw_$split" "$P/$src/rw" png "$split"
+    step "eval_rw_$split" 2 "infer_aff_$(inferred_split "$split")" evaluate "rw_$split" \
+      "$P/$(inferred_split "$split")/rw" png "$split"
   done
 fi
 
