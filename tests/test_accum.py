@@ -77,7 +77,7 @@ def test_accumulated_gradient_equals_the_full_batch_gradient_float64(accum):
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-12, atol=1e-14)
     # the logged loss is the full batch's (weighted mean of the micro-batches' means)
-    assert run.logger.scalars[0]["loss"] == pytest.approx(float(ref_loss), rel=1e-12)
+    assert run.logger.scalars[0]["loss"] == pytest.approx(ref_loss.item(), rel=1e-12)
 
 
 def test_bn_in_training_mode_is_where_accumulation_is_not_exact():
